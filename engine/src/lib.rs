@@ -4,13 +4,29 @@
 //! The engine knows nothing about LLMs: stage kinds plug in through
 //! [`stage::Stage`] and a [`stage::Registry`].
 
+pub mod diag;
+pub mod key;
+pub mod manifest;
+pub mod plan;
+pub mod progress;
+pub mod project;
+pub mod publish;
+pub mod run;
 pub mod schema;
+pub mod session;
 pub mod stage;
+pub mod status;
 pub mod value;
 
+pub use diag::{Diagnostic, ManifestErrors};
+pub use manifest::{LoadError, Manifest};
+pub use plan::{plan, Instance, Plan};
+pub use run::{run, RunError, RunOptions, RunReport};
 pub use schema::{ParamSpec, ParamType};
+pub use session::Session;
 pub use stage::{
     CancelToken, Context, Env, FileHasher, NoProgress, Outcome, OutputFile, ParamProblem, Params,
     Progress, Registry, Resources, Stage, StageError, Threads, Upstream,
 };
+pub use status::{evaluate, InstanceStatus, State};
 pub use value::Value;

@@ -128,7 +128,11 @@ impl ParamSpec {
     pub fn string(name: &'static str, help: &'static str) -> Self {
         Self::new(name, ParamType::Str, help)
     }
-    pub fn choice(name: &'static str, options: &'static [&'static str], help: &'static str) -> Self {
+    pub fn choice(
+        name: &'static str,
+        options: &'static [&'static str],
+        help: &'static str,
+    ) -> Self {
         Self::new(name, ParamType::Choice(options), help)
     }
     pub fn list(name: &'static str, item: ParamType, help: &'static str) -> Self {

@@ -369,6 +369,8 @@ pub trait FileHasher: Send + Sync {
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn Stage>>,
+    /// Declared keys of `[models.*]` and `[generators.*]` entries.
+    resources: BTreeMap<&'static str, Vec<ParamSpec>>,
 }
 
 impl Registry {
@@ -383,5 +385,15 @@ impl Registry {
     }
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
+    }
+    /// Declares the keys a resource section (`models`, `generators`) accepts.
+    pub fn set_resource_params(&mut self, section: &'static str, params: Vec<ParamSpec>) {
+        self.resources.insert(section, params);
+    }
+    pub fn resource_params(&self, section: &str) -> &[ParamSpec] {
+        self.resources
+            .get(section)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 }

@@ -1,0 +1,471 @@
+//! From a validated manifest to the DAG of stage instances.
+//!
+//! Fan-out works on named axes. An axis is a (stage, parameter) pair that was
+//! given a list; each instance carries the axis values that identify it. A
+//! stage reading upstream instances joins them on shared axes, so
+//! `eval(model = train, data = mix)` pairs `train@ratio=0.4` with
+//! `mix@ratio=0.4` instead of forming a product. A gathering parameter takes
+//! every upstream instance that agrees with the instance's own axes.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use petgraph::algo::toposort;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::diag::{Diagnostic, ManifestErrors};
+use crate::manifest::{stage_graph, Located, Manifest, Override};
+use crate::schema::{ParamSpec, ParamType};
+use crate::stage::{Params, Registry, Resources};
+use crate::value::Value;
+
+/// A fan-out dimension: the list-valued parameter `param` of stage `stage`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Axis {
+    pub stage: String,
+    pub param: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    pub axis: Axis,
+    pub value: Value,
+}
+
+/// One runnable instance of a stage.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub stage: String,
+    pub kind: String,
+    /// `stage` or `stage@axis=value,...`.
+    pub name: String,
+    pub bindings: Vec<Binding>,
+    pub params: Params,
+    /// Parameter name -> upstream instance indices (one for Input, many for Gather).
+    pub inputs: BTreeMap<String, Vec<usize>>,
+    pub seed: u64,
+}
+
+impl Instance {
+    /// Bindings as (label, value) pairs, labelled as in the instance name.
+    pub fn labelled_bindings(&self) -> Vec<(String, Value)> {
+        label_bindings(&self.bindings)
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub instances: Vec<Instance>,
+    /// Edges from upstream to downstream instance indices.
+    pub graph: DiGraph<usize, ()>,
+    /// Instance indices in an order where every upstream comes first.
+    pub order: Vec<usize>,
+    pub resources: Resources,
+    pub profile: Option<String>,
+    pub results: String,
+}
+
+impl Plan {
+    pub fn by_name(&self, name: &str) -> Option<usize> {
+        self.instances.iter().position(|i| i.name == name)
+    }
+
+    /// Instances of a stage, or the one instance with that name.
+    pub fn select(&self, stage_or_instance: &str) -> Vec<usize> {
+        let exact: Vec<usize> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.name == stage_or_instance || i.stage == stage_or_instance)
+            .map(|(n, _)| n)
+            .collect();
+        exact
+    }
+
+    /// `targets` and everything they depend on.
+    pub fn with_upstream(&self, targets: &[usize]) -> Vec<bool> {
+        let mut keep = vec![false; self.instances.len()];
+        let mut stack = targets.to_vec();
+        while let Some(i) = stack.pop() {
+            if keep[i] {
+                continue;
+            }
+            keep[i] = true;
+            for ups in self.instances[i].inputs.values() {
+                stack.extend(ups.iter().copied());
+            }
+        }
+        keep
+    }
+
+    /// Direct downstream instances of `i`.
+    pub fn downstream(&self, i: usize) -> Vec<usize> {
+        self.graph
+            .neighbors(NodeIndex::new(i))
+            .map(|n| self.graph[n])
+            .collect()
+    }
+}
+
+/// Builds the instance DAG for `profile` (None = the manifest as written).
+pub fn plan(
+    m: &Manifest,
+    registry: &Registry,
+    profile: Option<&str>,
+) -> Result<Plan, ManifestErrors> {
+    let mut diags = Vec::new();
+    let overrides: &[Override] = match profile {
+        None => &[],
+        Some(p) => match m.profiles.get(p) {
+            Some(o) => o,
+            None => {
+                let names: Vec<&str> = m.profiles.keys().map(String::as_str).collect();
+                let d = Diagnostic::new(
+                    "profile",
+                    0..0,
+                    format!("no profile `{p}` in this manifest"),
+                );
+                let d = if names.is_empty() {
+                    d.with_help("this manifest defines no `[profile.*]`")
+                } else {
+                    d.suggest(p, names.iter().copied())
+                        .with_help(format!("profiles are: {}", names.join(", ")))
+                };
+                return Err(m.errors(vec![d]));
+            }
+        },
+    };
+
+    let mut manifest_seed = m.seed;
+    let mut results = m.results.clone();
+    for o in overrides.iter().filter(|o| o.stage == "flow") {
+        match (o.param.as_str(), &o.value.value) {
+            ("seed", Value::Int(s)) => manifest_seed = *s as u64,
+            ("results", Value::Str(s)) => results = s.clone(),
+            _ => {}
+        }
+    }
+
+    let graph = stage_graph(m, registry);
+    let stage_order = toposort(&graph, None)
+        .map_err(|_| m.errors(vec![Diagnostic::new("stages", 0..0, "stages form a cycle")]))?;
+
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut by_stage: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for node in stage_order {
+        let stage_name = &graph[node];
+        let Some(decl) = m.stage(stage_name) else {
+            continue;
+        };
+        let Some(kind) = registry.get(&decl.kind) else {
+            continue;
+        };
+        let specs = kind.params();
+        let (values, seed) = resolve_values(
+            decl.name.as_str(),
+            &decl.params,
+            decl.seed,
+            &specs,
+            overrides,
+            manifest_seed,
+        );
+
+        // Join upstream instances on shared axes.
+        let mut partials = vec![Partial::default()];
+        for spec in specs.iter().filter(|s| s.ty == ParamType::Input) {
+            let Some(located) = values.get(spec.name) else {
+                continue;
+            };
+            let fanned = spec.ty.fans_out_on(&located.value);
+            let sources: Vec<&str> = match &located.value {
+                Value::Str(s) => vec![s.as_str()],
+                Value::List(items) => items.iter().filter_map(Value::as_str).collect(),
+                _ => continue,
+            };
+            let mut next = Vec::new();
+            for p in &partials {
+                for source in &sources {
+                    let mut base = p.clone();
+                    if fanned {
+                        let b = Binding {
+                            axis: Axis {
+                                stage: decl.name.clone(),
+                                param: spec.name.to_string(),
+                            },
+                            value: Value::Str(source.to_string()),
+                        };
+                        base.own.insert(spec.name.to_string(), b.value.clone());
+                        base.bindings.push(b);
+                    }
+                    for &u in by_stage.get(*source).map(Vec::as_slice).unwrap_or(&[]) {
+                        if let Some(merged) = join(&base.bindings, &instances[u].bindings) {
+                            let mut q = base.clone();
+                            q.bindings = merged;
+                            q.inputs.insert(spec.name.to_string(), vec![u]);
+                            next.push(q);
+                        }
+                    }
+                }
+            }
+            partials = next;
+        }
+
+        // The stage's own list-valued parameters: product of their values.
+        for spec in specs.iter().filter(|s| !s.is_reference()) {
+            let Some(located) = values.get(spec.name) else {
+                continue;
+            };
+            if !spec.ty.fans_out_on(&located.value) {
+                continue;
+            }
+            let Value::List(items) = &located.value else {
+                continue;
+            };
+            let axis = Axis {
+                stage: decl.name.clone(),
+                param: spec.name.to_string(),
+            };
+            let mut next = Vec::new();
+            for p in &partials {
+                for item in items {
+                    let mut q = p.clone();
+                    q.bindings.push(Binding {
+                        axis: axis.clone(),
+                        value: item.clone(),
+                    });
+                    q.own.insert(spec.name.to_string(), item.clone());
+                    next.push(q);
+                }
+            }
+            partials = next;
+        }
+
+        if partials.is_empty() {
+            diags.push(Diagnostic::new(
+                format!("stages.{}", decl.name),
+                decl.span.clone(),
+                format!(
+                    "stage `{}` has no instances: its inputs share no fan-out values",
+                    decl.name
+                ),
+            ));
+        }
+
+        let mut ids = Vec::new();
+        for mut p in partials {
+            // Gathered inputs: every upstream instance that agrees on shared axes.
+            for spec in specs.iter().filter(|s| s.ty == ParamType::Gather) {
+                let sources: Vec<&str> = match values.get(spec.name).map(|l| &l.value) {
+                    Some(Value::Str(s)) => vec![s.as_str()],
+                    Some(Value::List(items)) => items.iter().filter_map(Value::as_str).collect(),
+                    _ => continue,
+                };
+                let gathered: Vec<usize> = sources
+                    .iter()
+                    .flat_map(|s| by_stage.get(*s).cloned().unwrap_or_default())
+                    .filter(|&u| join(&p.bindings, &instances[u].bindings).is_some())
+                    .collect();
+                p.inputs.insert(spec.name.to_string(), gathered);
+            }
+            let mut params = BTreeMap::new();
+            for spec in &specs {
+                let v = match p.own.get(spec.name) {
+                    Some(v) => Some(v.clone()),
+                    None => values.get(spec.name).map(|l| l.value.clone()),
+                };
+                if let Some(v) = v {
+                    params.insert(spec.name.to_string(), v);
+                }
+            }
+            let params = Params::new(params);
+            for problem in kind.check(&params) {
+                let span = values
+                    .get(problem.param.as_str())
+                    .map(|l| l.span.clone())
+                    .unwrap_or(decl.span.clone());
+                let d = Diagnostic::new(
+                    format!("stages.{}.{}", decl.name, problem.param),
+                    span,
+                    problem.message,
+                );
+                if !diags.contains(&d) {
+                    diags.push(d);
+                }
+            }
+            let name = instance_name(&decl.name, &p.bindings);
+            ids.push(instances.len());
+            instances.push(Instance {
+                stage: decl.name.clone(),
+                kind: decl.kind.clone(),
+                name,
+                bindings: p.bindings,
+                params,
+                inputs: p.inputs,
+                seed,
+            });
+        }
+        by_stage.insert(decl.name.clone(), ids);
+    }
+    if !diags.is_empty() {
+        return Err(m.errors(diags));
+    }
+
+    let mut graph = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..instances.len()).map(|i| graph.add_node(i)).collect();
+    for (i, inst) in instances.iter().enumerate() {
+        for ups in inst.inputs.values() {
+            for &u in ups {
+                graph.update_edge(nodes[u], nodes[i], ());
+            }
+        }
+    }
+    // Instances were created stage by stage in topological order.
+    let order = (0..instances.len()).collect();
+    let resources = Resources {
+        models: resource_values(&m.models),
+        generators: resource_values(&m.generators),
+    };
+    Ok(Plan {
+        instances,
+        graph,
+        order,
+        resources,
+        profile: profile.map(str::to_string),
+        results,
+    })
+}
+
+#[derive(Clone, Debug, Default)]
+struct Partial {
+    bindings: Vec<Binding>,
+    /// This stage's own fan-out values by parameter.
+    own: BTreeMap<String, Value>,
+    inputs: BTreeMap<String, Vec<usize>>,
+}
+
+/// Merges two binding lists if they agree on every shared axis.
+fn join(a: &[Binding], b: &[Binding]) -> Option<Vec<Binding>> {
+    let mut out = a.to_vec();
+    for bb in b {
+        match a.iter().find(|ab| ab.axis == bb.axis) {
+            Some(ab) if ab.value != bb.value => return None,
+            Some(_) => {}
+            None => out.push(bb.clone()),
+        }
+    }
+    Some(out)
+}
+
+/// Parameter values after the profile's overrides and the defaults.
+fn resolve_values(
+    stage: &str,
+    given: &BTreeMap<String, Located>,
+    own_seed: Option<u64>,
+    specs: &[ParamSpec],
+    overrides: &[Override],
+    manifest_seed: u64,
+) -> (BTreeMap<&'static str, Located>, u64) {
+    let mut seed = own_seed.unwrap_or(manifest_seed);
+    let mut values: BTreeMap<&'static str, Located> = BTreeMap::new();
+    for spec in specs {
+        if let Some(v) = given.get(spec.name) {
+            values.insert(spec.name, v.clone());
+        } else if let Some(d) = &spec.default {
+            values.insert(spec.name, located(d.clone(), 0..0));
+        }
+    }
+    for o in overrides.iter().filter(|o| o.stage == stage) {
+        if o.param == "seed" {
+            if let Value::Int(s) = o.value.value {
+                seed = s as u64;
+            }
+            continue;
+        }
+        let Some(spec) = specs.iter().find(|s| s.name == o.param) else {
+            continue;
+        };
+        if o.field.is_empty() {
+            values.insert(spec.name, o.value.clone());
+            continue;
+        }
+        // A field inside a table parameter: merge into the current table.
+        let entry = values
+            .entry(spec.name)
+            .or_insert_with(|| located(Value::Table(BTreeMap::new()), o.value.span.clone()));
+        set_field(&mut entry.value, &o.field, o.value.value.clone());
+        entry.span = o.value.span.clone();
+    }
+    (values, seed)
+}
+
+fn set_field(target: &mut Value, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        *target = value;
+        return;
+    };
+    if !matches!(target, Value::Table(_)) {
+        *target = Value::Table(BTreeMap::new());
+    }
+    if let Value::Table(map) = target {
+        let slot = map
+            .entry(first.clone())
+            .or_insert(Value::Table(BTreeMap::new()));
+        set_field(slot, rest, value);
+    }
+}
+
+fn located(value: Value, span: Range<usize>) -> Located {
+    Located {
+        value,
+        span,
+        item_spans: Vec::new(),
+    }
+}
+
+fn resource_values(
+    section: &BTreeMap<String, crate::manifest::Resource>,
+) -> BTreeMap<String, BTreeMap<String, Value>> {
+    section
+        .iter()
+        .map(|(name, r)| {
+            let fields = r
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect();
+            (name.clone(), fields)
+        })
+        .collect()
+}
+
+/// Labels bindings by parameter name, qualified by stage only when two axes
+/// of one instance share a parameter name.
+fn label_bindings(bindings: &[Binding]) -> Vec<(String, Value)> {
+    bindings
+        .iter()
+        .map(|b| {
+            let ambiguous = bindings
+                .iter()
+                .filter(|o| o.axis.param == b.axis.param)
+                .count()
+                > 1;
+            let label = if ambiguous {
+                format!("{}.{}", b.axis.stage, b.axis.param)
+            } else {
+                b.axis.param.clone()
+            };
+            (label, b.value.clone())
+        })
+        .collect()
+}
+
+fn instance_name(stage: &str, bindings: &[Binding]) -> String {
+    if bindings.is_empty() {
+        return stage.to_string();
+    }
+    let parts: Vec<String> = label_bindings(bindings)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{stage}@{}", parts.join(","))
+}

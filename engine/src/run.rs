@@ -1,0 +1,405 @@
+//! `flow run`: executes stale instances in dependency order, in parallel up to
+//! `-j N` cores, caching each result the moment it finishes.
+//!
+//! A failed instance records its error and skips only its dependents; every
+//! other branch still runs, and everything finished stays cached. Ctrl-C stops
+//! dispatching, lets running stages notice the cancellation, and keeps what
+//! finished.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flow_cache::{CacheError, Failure, ObjectState, OutputRef, Record};
+
+use crate::diag::near_miss;
+use crate::progress::Bars;
+use crate::publish::publish;
+use crate::session::{Cached, Session};
+use crate::stage::{CancelToken, Context, StageError, Threads};
+use crate::status::{evaluate, State};
+
+pub struct RunOptions {
+    /// Cores to use at once.
+    pub jobs: usize,
+    /// Stage or instance names to bring up to date (with their upstream);
+    /// empty means everything.
+    pub targets: Vec<String>,
+    /// Stage or instance names to recompute even if fresh.
+    pub force: Vec<String>,
+    pub dry_run: bool,
+    pub cancel: CancelToken,
+    /// Draw progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub ran: Vec<String>,
+    pub cached: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    /// Not run because an input failed, or the run was cancelled first.
+    pub skipped: Vec<String>,
+    /// `--dry-run`: what would run, and why.
+    pub planned: Vec<(String, String)>,
+    pub cancelled: bool,
+    pub published: Vec<std::path::PathBuf>,
+}
+
+impl RunReport {
+    pub fn success(&self) -> bool {
+        self.failed.is_empty() && !self.cancelled && self.skipped.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no stage or instance named `{name}`{}", .help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    UnknownTarget { name: String, help: Option<String> },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+enum Slot {
+    Pending,
+    Running,
+    Done(Box<Record>),
+    Failed,
+    Skipped,
+}
+
+enum Finished {
+    Cached(Box<Record>),
+    Ran(Box<Record>),
+    Failed(String),
+}
+
+pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunError> {
+    let plan = &session.plan;
+    let n = plan.instances.len();
+    let selected = match resolve_names(session, &opts.targets)? {
+        None => vec![true; n],
+        Some(targets) => plan.with_upstream(&targets),
+    };
+    let mut forced = vec![false; n];
+    if let Some(f) = resolve_names(session, &opts.force)? {
+        for i in f {
+            forced[i] = true;
+        }
+    }
+    let mut report = RunReport::default();
+
+    if opts.dry_run {
+        let (rows, _) = evaluate(session);
+        for (i, row) in rows.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            if forced[i] {
+                report.planned.push((row.instance.clone(), "forced".into()));
+            } else if row.state != State::Fresh {
+                report
+                    .planned
+                    .push((row.instance.clone(), row.reason.clone()));
+            }
+        }
+        return Ok(report);
+    }
+
+    let _guard = session.cache.run_guard()?;
+    let jobs = opts.jobs.max(1);
+    let total = selected.iter().filter(|&&s| s).count() as u64;
+    let bars = Bars::new(opts.progress, total);
+    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::Pending).collect();
+    let mut free = jobs;
+    let mut running = 0usize;
+    let (tx, rx) = mpsc::channel::<(usize, usize, Finished)>();
+
+    std::thread::scope(|scope| {
+        loop {
+            if !opts.cancel.is_cancelled() {
+                // Dispatch every ready instance that fits in the free cores.
+                for &i in &plan.order {
+                    if !selected[i] || !matches!(slots[i], Slot::Pending) {
+                        continue;
+                    }
+                    let ups: Vec<usize> = plan.instances[i]
+                        .inputs
+                        .values()
+                        .flatten()
+                        .copied()
+                        .collect();
+                    if ups
+                        .iter()
+                        .any(|&u| matches!(slots[u], Slot::Failed | Slot::Skipped))
+                    {
+                        slots[i] = Slot::Skipped;
+                        report.skipped.push(plan.instances[i].name.clone());
+                        bars.finish_one();
+                        continue;
+                    }
+                    if !ups.iter().all(|&u| matches!(slots[u], Slot::Done(_))) {
+                        continue;
+                    }
+                    let inst = &plan.instances[i];
+                    let weight = match session.stage_of(inst).threads(&inst.params) {
+                        Threads::One => 1,
+                        Threads::Exactly(k) => k.clamp(1, jobs),
+                        Threads::All => jobs,
+                    };
+                    if weight > free && running > 0 {
+                        continue;
+                    }
+                    let upstream: BTreeMap<usize, Record> = ups
+                        .iter()
+                        .filter_map(|&u| match &slots[u] {
+                            Slot::Done(r) => Some((u, (**r).clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    slots[i] = Slot::Running;
+                    free = free.saturating_sub(weight);
+                    running += 1;
+                    let tx = tx.clone();
+                    let force = forced[i];
+                    let bars = &bars;
+                    scope.spawn(move || {
+                        let result =
+                            execute(session, i, &upstream, force, weight, &opts.cancel, bars);
+                        let _ = tx.send((i, weight, result));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((i, weight, result)) = rx.recv() else {
+                break;
+            };
+            running -= 1;
+            free += weight;
+            bars.finish_one();
+            let name = plan.instances[i].name.clone();
+            slots[i] = match result {
+                Finished::Cached(r) => {
+                    report.cached.push(name);
+                    Slot::Done(r)
+                }
+                Finished::Ran(r) => {
+                    bars.println(&format!("  ran  {name} ({:.1}s)", r.duration_s));
+                    report.ran.push(name);
+                    Slot::Done(r)
+                }
+                Finished::Failed(err) => {
+                    bars.println(&format!("  FAILED  {name}: {err}"));
+                    report.failed.push((name, err));
+                    Slot::Failed
+                }
+            };
+        }
+    });
+    bars.clear();
+
+    report.cancelled = opts.cancel.is_cancelled();
+    for (i, slot) in slots.iter().enumerate() {
+        if selected[i] && matches!(slot, Slot::Pending | Slot::Running) {
+            report.skipped.push(plan.instances[i].name.clone());
+        }
+    }
+
+    let done: BTreeMap<usize, &Record> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Done(r) => Some((i, r.as_ref())),
+            _ => None,
+        })
+        .collect();
+    session.cache.update_refs(&session.scope, |refs| {
+        refs.manifest =
+            std::fs::canonicalize(&session.manifest.path).unwrap_or(session.manifest.path.clone());
+        refs.profile = plan.profile.clone();
+        for (&i, r) in &done {
+            refs.instances
+                .insert(plan.instances[i].name.clone(), r.key.clone());
+        }
+    })?;
+    report.published = publish(session, &done).map_err(RunError::Cache)?;
+    session.cache.flush()?;
+    Ok(report)
+}
+
+/// Instance indices for stage or instance names; None when `names` is empty.
+fn resolve_names(session: &Session<'_>, names: &[String]) -> Result<Option<Vec<usize>>, RunError> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let plan = &session.plan;
+    let mut out = Vec::new();
+    for name in names {
+        let found = plan.select(name);
+        if found.is_empty() {
+            let candidates = plan
+                .instances
+                .iter()
+                .flat_map(|i| [i.stage.as_str(), i.name.as_str()]);
+            return Err(RunError::UnknownTarget {
+                name: name.clone(),
+                help: near_miss(name, candidates).map(|n| format!("did you mean `{n}`?")),
+            });
+        }
+        out.extend(found);
+    }
+    Ok(Some(out))
+}
+
+fn execute(
+    session: &Session<'_>,
+    i: usize,
+    upstream: &BTreeMap<usize, Record>,
+    force: bool,
+    threads: usize,
+    cancel: &CancelToken,
+    bars: &Bars,
+) -> Finished {
+    let inst = &session.plan.instances[i];
+    let keyed = match session.key(i, upstream) {
+        Ok(k) => k,
+        Err(e) => return Finished::Failed(e.to_string()),
+    };
+    if !force {
+        if let Cached::Fresh(r) = session.cached(&keyed.key) {
+            return Finished::Cached(r);
+        }
+    }
+    // Another `flow run` may be computing this key: wait for it, then reuse.
+    let _lock = match session.cache.lock_key(&keyed.key) {
+        Ok(l) => l,
+        Err(e) => return Finished::Failed(e.to_string()),
+    };
+    match session.cached(&keyed.key) {
+        Cached::Fresh(r) if !force => return Finished::Cached(r),
+        Cached::Damaged { record, .. } => {
+            // Drop damaged objects so the rerun stores good copies.
+            for out in record.outputs.values() {
+                if let ObjectState::Corrupt { .. } = session.cache.check_object(&out.hash) {
+                    let _ = session.cache.remove_object(&out.hash);
+                }
+            }
+        }
+        _ => {}
+    }
+
+    let stage = session.stage_of(inst);
+    let out_dir = match session.cache.temp_dir() {
+        Ok(d) => d,
+        Err(e) => return Finished::Failed(e.to_string()),
+    };
+    let work_dir = match session.cache.work_dir(&keyed.key) {
+        Ok(d) => d,
+        Err(e) => return Finished::Failed(e.to_string()),
+    };
+    let inputs: BTreeMap<String, Vec<crate::stage::Upstream>> = inst
+        .inputs
+        .iter()
+        .map(|(param, ups)| {
+            let views = ups
+                .iter()
+                .filter_map(|u| upstream.get(u).map(|r| session.upstream_view(*u, r)))
+                .collect();
+            (param.clone(), views)
+        })
+        .collect();
+    let progress = bars.stage(&inst.name);
+    let started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let mut ctx = Context::new(
+        &inst.name,
+        &inst.params,
+        &inputs,
+        &session.plan.resources,
+        inst.seed,
+        &session.env,
+        out_dir.path(),
+        &work_dir,
+        threads,
+        cancel,
+        &progress,
+    );
+    tracing::debug!(instance = %inst.name, key = %keyed.key, "running");
+    let result = catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx))).unwrap_or_else(|panic| {
+        Err(StageError::Other(format!(
+            "stage panicked: {}",
+            panic_message(&panic)
+        )))
+    });
+    let log = ctx.take_log();
+    drop(progress);
+    let failure = |error: String| {
+        let _ = session.cache.write_failure(&Failure {
+            key: keyed.key.clone(),
+            stage: inst.stage.clone(),
+            instance: inst.name.clone(),
+            error: error.clone(),
+            unix: started_unix,
+        });
+        Finished::Failed(error)
+    };
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => return failure(e.to_string()),
+    };
+    let mut outputs = BTreeMap::new();
+    for file in &outcome.outputs {
+        let size = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
+        match session.cache.put_file(&file.path) {
+            Ok(hash) => {
+                outputs.insert(
+                    file.name.clone(),
+                    OutputRef {
+                        hash,
+                        size,
+                        publish: file.publish,
+                    },
+                );
+            }
+            Err(e) => return failure(format!("storing output `{}`: {e}", file.name)),
+        }
+    }
+    let record = Record {
+        key: keyed.key.clone(),
+        stage: inst.stage.clone(),
+        instance: inst.name.clone(),
+        kind: inst.kind.clone(),
+        version: stage.version(),
+        params: serde_json::to_value(&keyed.params).unwrap_or_default(),
+        inputs: keyed.inputs,
+        fingerprints: keyed.fingerprints,
+        seed: inst.seed,
+        outputs,
+        metrics: outcome.metrics,
+        log,
+        started_unix,
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    if let Err(e) = session.cache.write_record(&record) {
+        return failure(format!("writing the stage record: {e}"));
+    }
+    let _ = session.cache.clear_failure(&keyed.key);
+    let _ = session.cache.remove_work_dir(&keyed.key);
+    Finished::Ran(Box::new(record))
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
