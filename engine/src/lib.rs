@@ -16,6 +16,8 @@ pub mod schema;
 pub mod session;
 pub mod stage;
 pub mod status;
+#[cfg(test)]
+mod testkit;
 pub mod value;
 
 pub use diag::{Diagnostic, ManifestErrors};

@@ -125,11 +125,11 @@ pub fn plan(
                     0..0,
                     format!("no profile `{p}` in this manifest"),
                 );
-                let d = if names.is_empty() {
-                    d.with_help("this manifest defines no `[profile.*]`")
-                } else {
-                    d.suggest(p, names.iter().copied())
-                        .with_help(format!("profiles are: {}", names.join(", ")))
+                let list = format!("profiles are: {}", names.join(", "));
+                let d = match crate::diag::near_miss(p, names.iter().copied()) {
+                    _ if names.is_empty() => d.with_help("this manifest defines no `[profile.*]`"),
+                    Some(near) => d.with_help(format!("did you mean `{near}`? ({list})")),
+                    None => d.with_help(list),
                 };
                 return Err(m.errors(vec![d]));
             }
@@ -147,8 +147,10 @@ pub fn plan(
     }
 
     let graph = stage_graph(m, registry);
-    let stage_order = toposort(&graph, None)
-        .map_err(|_| m.errors(vec![Diagnostic::new("stages", 0..0, "stages form a cycle")]))?;
+    if toposort(&graph, None).is_err() {
+        return Err(m.errors(vec![Diagnostic::new("stages", 0..0, "stages form a cycle")]));
+    }
+    let stage_order = file_order_toposort(&graph);
 
     let mut instances: Vec<Instance> = Vec::new();
     let mut by_stage: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -335,6 +337,28 @@ pub fn plan(
     })
 }
 
+/// A topological order that keeps the manifest's order where dependencies
+/// allow, so instance lists read like the file. Node indices follow file order.
+fn file_order_toposort(graph: &DiGraph<String, ()>) -> Vec<NodeIndex> {
+    let n = graph.node_count();
+    let mut placed = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = graph.node_indices().find(|&i| {
+            !placed[i.index()]
+                && graph
+                    .neighbors_directed(i, petgraph::Direction::Incoming)
+                    .all(|u| placed[u.index()])
+        });
+        let Some(i) = next else {
+            break; // a cycle; rejected before planning
+        };
+        placed[i.index()] = true;
+        order.push(i);
+    }
+    order
+}
+
 #[derive(Clone, Debug, Default)]
 struct Partial {
     bindings: Vec<Binding>,
@@ -468,4 +492,107 @@ fn instance_name(stage: &str, bindings: &[Binding]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     format!("{stage}@{}", parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::{LoadError, Manifest};
+    use crate::testkit;
+
+    fn load(text: &str) -> Manifest {
+        match Manifest::parse(Path::new("t.toml"), text.to_string(), &testkit::registry()) {
+            Ok(m) => m,
+            Err(LoadError::Invalid(e)) => panic!("{}", e.render()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn names(p: &Plan) -> Vec<&str> {
+        p.instances.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    const BASE: &str = "[flow]\nname = \"t\"\nseed = 5\n";
+
+    #[test]
+    fn lists_fan_out_and_two_lists_form_a_product() {
+        let m = load(&format!(
+            "{BASE}[stages.s]\nkind = \"src\"\nn = [1, 2]\ntask = [\"a\", \"b\"]\n"
+        ));
+        let p = plan(&m, &testkit::registry(), None).unwrap();
+        assert_eq!(
+            names(&p),
+            ["s@n=1,task=a", "s@n=1,task=b", "s@n=2,task=a", "s@n=2,task=b"]
+        );
+        assert_eq!(p.instances[3].params.int("n"), Some(2));
+        assert_eq!(p.instances[3].params.str("task"), Some("b"));
+    }
+
+    #[test]
+    fn downstream_follows_and_joins_on_shared_axes() {
+        let m = load(&format!(
+            "{BASE}[stages.r]\nkind = \"src\"\n[stages.g]\nkind = \"src\"\nn = 3\n\
+             [stages.mix]\nkind = \"mix\"\nreal = \"r\"\ngenerated = \"g\"\nratio = [0.2, 0.4]\n\
+             [stages.train]\nkind = \"eval\"\nmodel = \"mix\"\ndata = \"r\"\n\
+             [stages.eval]\nkind = \"eval\"\nmodel = \"train\"\ndata = \"mix\"\n\
+             [stages.t]\nkind = \"table\"\nfrom = \"eval\"\n"
+        ));
+        let p = plan(&m, &testkit::registry(), None).unwrap();
+        let evals: Vec<&Instance> = p.instances.iter().filter(|i| i.stage == "eval").collect();
+        // Paired on mix.ratio, not a 2 x 2 product.
+        assert_eq!(evals.len(), 2);
+        assert_eq!(evals[0].name, "eval@ratio=0.2");
+        let model = &p.instances[evals[0].inputs["model"][0]];
+        let data = &p.instances[evals[0].inputs["data"][0]];
+        assert_eq!(model.name, "train@ratio=0.2");
+        assert_eq!(data.name, "mix@ratio=0.2");
+        let table = p.instances.iter().find(|i| i.stage == "t").unwrap();
+        assert_eq!(table.name, "t");
+        assert_eq!(table.inputs["from"].len(), 2);
+        // Every upstream comes first in the order.
+        for (pos, &i) in p.order.iter().enumerate() {
+            for ups in p.instances[i].inputs.values() {
+                for u in ups {
+                    assert!(p.order[..pos].contains(u));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn input_lists_fan_out_over_sources() {
+        let m = load(&format!(
+            "{BASE}[stages.a]\nkind = \"src\"\n[stages.b]\nkind = \"src\"\n\
+             [stages.e]\nkind = \"eval\"\nmodel = [\"a\", \"b\"]\ndata = \"a\"\n"
+        ));
+        let p = plan(&m, &testkit::registry(), None).unwrap();
+        assert_eq!(names(&p), ["a", "b", "e@model=a", "e@model=b"]);
+    }
+
+    #[test]
+    fn profiles_override_values_and_table_fields() {
+        let m = load(&format!(
+            "{BASE}[profile.tiny]\n\"s.n\" = 2\nmix.lora.rank = 4\n\"flow.seed\" = 9\n\
+             [stages.s]\nkind = \"src\"\nn = 100\n\
+             [stages.mix]\nkind = \"mix\"\nreal = \"s\"\ngenerated = \"s\"\nratio = 0.5\n"
+        ));
+        let full = plan(&m, &testkit::registry(), None).unwrap();
+        assert_eq!(full.instances[0].params.int("n"), Some(100));
+        assert_eq!(full.instances[0].seed, 5);
+        let tiny = plan(&m, &testkit::registry(), Some("tiny")).unwrap();
+        assert_eq!(tiny.instances[0].params.int("n"), Some(2));
+        assert_eq!(tiny.instances[0].seed, 9);
+        let lora = tiny.instances[1].params.get("lora").and_then(Value::as_table).unwrap();
+        assert_eq!(lora.get("rank"), Some(&Value::Int(4)));
+        assert_eq!(lora.get("alpha"), Some(&Value::Float(16.0)));
+    }
+
+    #[test]
+    fn unknown_profile_is_an_error_with_a_suggestion() {
+        let m = load(&format!("{BASE}[profile.tiny]\n\"s.n\" = 2\n[stages.s]\nkind = \"src\"\n"));
+        let err = plan(&m, &testkit::registry(), Some("tinny")).unwrap_err();
+        assert!(err.render().contains("did you mean `tiny`?"), "{}", err.render());
+    }
 }

@@ -65,14 +65,16 @@ enum Slot {
     Pending,
     Running,
     Done(Box<Record>),
-    Failed,
+    Failed(Option<String>),
     Skipped,
 }
 
 enum Finished {
     Cached(Box<Record>),
     Ran(Box<Record>),
-    Failed(String),
+    /// The key is known unless computing it failed; it roots the instance's
+    /// work folder (checkpoints) against `flow gc`.
+    Failed { error: String, key: Option<String> },
 }
 
 pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunError> {
@@ -132,7 +134,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                         .collect();
                     if ups
                         .iter()
-                        .any(|&u| matches!(slots[u], Slot::Failed | Slot::Skipped))
+                        .any(|&u| matches!(slots[u], Slot::Failed(_) | Slot::Skipped))
                     {
                         slots[i] = Slot::Skipped;
                         report.skipped.push(plan.instances[i].name.clone());
@@ -191,10 +193,10 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                     report.ran.push(name);
                     Slot::Done(r)
                 }
-                Finished::Failed(err) => {
-                    bars.println(&format!("  FAILED  {name}: {err}"));
-                    report.failed.push((name, err));
-                    Slot::Failed
+                Finished::Failed { error, key } => {
+                    bars.println(&format!("  FAILED  {name}: {error}"));
+                    report.failed.push((name, error));
+                    Slot::Failed(key)
                 }
             };
         }
@@ -208,6 +210,14 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         }
     }
 
+    let failed_keys: Vec<(usize, &String)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Failed(Some(k)) => Some((i, k)),
+            _ => None,
+        })
+        .collect();
     let done: BTreeMap<usize, &Record> = slots
         .iter()
         .enumerate()
@@ -223,6 +233,9 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         for (&i, r) in &done {
             refs.instances
                 .insert(plan.instances[i].name.clone(), r.key.clone());
+        }
+        for &(i, key) in &failed_keys {
+            refs.instances.insert(plan.instances[i].name.clone(), key.clone());
         }
     })?;
     report.published = publish(session, &done).map_err(RunError::Cache)?;
@@ -266,7 +279,16 @@ fn execute(
     let inst = &session.plan.instances[i];
     let keyed = match session.key(i, upstream) {
         Ok(k) => k,
-        Err(e) => return Finished::Failed(e.to_string()),
+        Err(e) => {
+            return Finished::Failed {
+                error: e.to_string(),
+                key: None,
+            }
+        }
+    };
+    let fail = |error: String| Finished::Failed {
+        error,
+        key: Some(keyed.key.clone()),
     };
     if !force {
         if let Cached::Fresh(r) = session.cached(&keyed.key) {
@@ -276,7 +298,7 @@ fn execute(
     // Another `flow run` may be computing this key: wait for it, then reuse.
     let _lock = match session.cache.lock_key(&keyed.key) {
         Ok(l) => l,
-        Err(e) => return Finished::Failed(e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     match session.cached(&keyed.key) {
         Cached::Fresh(r) if !force => return Finished::Cached(r),
@@ -294,11 +316,11 @@ fn execute(
     let stage = session.stage_of(inst);
     let out_dir = match session.cache.temp_dir() {
         Ok(d) => d,
-        Err(e) => return Finished::Failed(e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     let work_dir = match session.cache.work_dir(&keyed.key) {
         Ok(d) => d,
-        Err(e) => return Finished::Failed(e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     let inputs: BTreeMap<String, Vec<crate::stage::Upstream>> = inst
         .inputs
@@ -347,7 +369,7 @@ fn execute(
             error: error.clone(),
             unix: started_unix,
         });
-        Finished::Failed(error)
+        fail(error)
     };
     let outcome = match result {
         Ok(o) => o,

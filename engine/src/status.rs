@@ -100,7 +100,7 @@ pub fn evaluate(session: &Session<'_>) -> (Vec<InstanceStatus>, BTreeMap<usize, 
                 None => {
                     let reason = match refs.instances.get(&inst.name) {
                         None => "never run".to_string(),
-                        Some(old_key) => why_changed(session, old_key, &keyed),
+                        Some(old_key) => why_changed(session, old_key, &keyed, inst.seed),
                     };
                     row(State::Stale, reason, Some(keyed.key))
                 }
@@ -112,7 +112,7 @@ pub fn evaluate(session: &Session<'_>) -> (Vec<InstanceStatus>, BTreeMap<usize, 
 }
 
 /// Compares the last run's record of this instance with the new key's inputs.
-fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed) -> String {
+fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> String {
     let old = match session.cache.read_record(old_key) {
         flow_cache::RecordState::Ok(r) => r,
         _ => return "never run with these settings (the last run's record is gone)".to_string(),
@@ -165,9 +165,11 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed) -> String {
             reasons.push(format!("external input `{label}` changed"));
         }
     }
+    if old.seed != seed {
+        reasons.push(format!("seed changed from {} to {seed}", old.seed));
+    }
     if reasons.is_empty() {
-        // Only the seed or the key scheme can be left.
-        reasons.push("seed or key scheme changed".to_string());
+        reasons.push("the key scheme changed (a new version of flow)".to_string());
     }
     reasons.join("; ")
 }
