@@ -271,6 +271,7 @@ mod tests {
             instance: "s".into(),
             error: "boom".into(),
             unix: 0.0,
+            ..Default::default()
         }
     }
 

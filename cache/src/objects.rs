@@ -160,6 +160,29 @@ impl Cache {
         }
     }
 
+    /// Verifies an object like [`Cache::check_object`], but trusts the hash
+    /// memoized for the same (size, mtime) in the stat cache, so checking a
+    /// large cache stays fast. Overwriting or truncating an object changes its
+    /// stamp, so damage is still found; stages fully verify what they read.
+    pub fn check_object_quick(&self, hash: &str) -> ObjectState {
+        if !hash::is_valid_hash(hash) {
+            return ObjectState::Missing;
+        }
+        let path = self.object_path(hash);
+        match self.hash_file(&path) {
+            Ok(actual) if actual == hash => ObjectState::Ok,
+            Ok(actual) => ObjectState::Corrupt {
+                expected: hash.to_string(),
+                actual,
+            },
+            Err(_) if !path.exists() => ObjectState::Missing,
+            Err(e) => {
+                tracing::warn!("cannot read object {}: {e}", path.display());
+                ObjectState::Missing
+            }
+        }
+    }
+
     /// Removes an object (e.g. a corrupt one, so a rerun can store a good copy). Removing a
     /// missing object is fine.
     pub fn remove_object(&self, hash: &str) -> Result<(), CacheError> {
@@ -281,6 +304,25 @@ mod tests {
         c.remove_object(&h).unwrap(); // already gone: fine
         c.put_bytes(b"original content").unwrap();
         assert_eq!(c.check_object(&h), ObjectState::Ok);
+    }
+
+    #[test]
+    fn quick_check_finds_overwritten_and_deleted_objects() {
+        let (_dir, cache) = cache();
+        let hash = cache.put_bytes(b"some output").unwrap();
+        assert_eq!(cache.check_object_quick(&hash), ObjectState::Ok);
+        let path = cache.object_path(&hash);
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(&path, perms).unwrap();
+        fs::write(&path, b"some outpuT!").unwrap();
+        assert!(matches!(
+            cache.check_object_quick(&hash),
+            ObjectState::Corrupt { .. }
+        ));
+        fs::remove_file(&path).unwrap();
+        assert_eq!(cache.check_object_quick(&hash), ObjectState::Missing);
     }
 
     #[test]

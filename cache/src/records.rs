@@ -65,7 +65,7 @@ pub struct OutputRef {
 }
 
 /// The last failure of a key.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Failure {
     /// The content key.
     pub key: Hash,
@@ -77,6 +77,20 @@ pub struct Failure {
     pub error: String,
     /// When it failed (seconds since the Unix epoch).
     pub unix: f64,
+    /// What the key was computed from, as in [`Record`], so a later status
+    /// can say what changed since the failure.
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub version: u32,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub params: serde_json::Value,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+    #[serde(default)]
+    pub fingerprints: BTreeMap<String, Hash>,
 }
 
 /// What [`Cache::read_record`] found.
@@ -323,6 +337,7 @@ pub(crate) mod tests {
             instance: "gen".into(),
             error: "model not found".into(),
             unix: 1.5,
+            ..Default::default()
         };
         c.write_failure(&failure).unwrap();
         assert_eq!(c.read_failure(&key), Some(failure));

@@ -846,7 +846,9 @@ impl<'r, 'd> Loader<'r, 'd> {
                 continue;
             }
             // Walk the cycle in edge order so the message reads as a path.
-            let members: Vec<_> = scc.clone();
+            // Start at the stage written first so the message is stable.
+            let mut members: Vec<_> = scc.clone();
+            members.sort_by_key(|n| n.index());
             let mut order = vec![members[0]];
             let mut current = members[0];
             while order.len() < members.len() {

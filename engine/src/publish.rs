@@ -8,11 +8,16 @@ use flow_cache::{CacheError, Record};
 
 use crate::session::Session;
 
+/// Temporary files of an interrupted publish start with this; the next
+/// publish removes them.
+const TMP_PREFIX: &str = ".flow-tmp-";
+
 pub fn publish(
     session: &Session<'_>,
     done: &BTreeMap<usize, &Record>,
 ) -> Result<Vec<PathBuf>, CacheError> {
     let root = session.results_dir();
+    remove_leftovers(&root);
     let mut written = Vec::new();
     let mut metrics = serde_json::Map::new();
     for (&i, record) in done {
@@ -78,7 +83,26 @@ fn write_if_changed(dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
 fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))
+}
+
+/// Deletes temporary files a killed run left in the results folder.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_leftovers(&path);
+        } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }

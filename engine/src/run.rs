@@ -6,7 +6,7 @@
 //! dispatching, lets running stages notice the cancellation, and keeps what
 //! finished.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -74,7 +74,10 @@ enum Finished {
     Ran(Box<Record>),
     /// The key is known unless computing it failed; it roots the instance's
     /// work folder (checkpoints) against `flow gc`.
-    Failed { error: String, key: Option<String> },
+    Failed {
+        error: String,
+        key: Option<String>,
+    },
 }
 
 pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunError> {
@@ -111,67 +114,86 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
 
     let _guard = session.cache.run_guard()?;
     let jobs = opts.jobs.max(1);
-    let total = selected.iter().filter(|&&s| s).count() as u64;
-    let bars = Bars::new(opts.progress, total);
     let mut slots: Vec<Slot> = (0..n).map(|_| Slot::Pending).collect();
+    // Settle fresh instances up front (unless forced, or downstream of a
+    // forced one), so a no-op run spawns nothing.
+    let tainted = downstream_closure(plan, &forced);
+    let (_, fresh) = evaluate(session);
+    for (i, record) in fresh {
+        if selected[i] && !tainted[i] {
+            report.cached.push(plan.instances[i].name.clone());
+            slots[i] = Slot::Done(Box::new(record));
+        }
+    }
+    let distinct_inputs = |i: usize| {
+        let mut ups: Vec<usize> = plan.instances[i]
+            .inputs
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        ups.sort_unstable();
+        ups.dedup();
+        ups
+    };
+    let mut waiting = vec![0usize; n];
+    let mut ready = VecDeque::new();
+    for &i in &plan.order {
+        if selected[i] && matches!(slots[i], Slot::Pending) {
+            waiting[i] = distinct_inputs(i)
+                .into_iter()
+                .filter(|&u| !matches!(slots[u], Slot::Done(_)))
+                .count();
+            if waiting[i] == 0 {
+                ready.push_back(i);
+            }
+        }
+    }
+    let total = slots
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| selected[*i] && matches!(s, Slot::Pending))
+        .count() as u64;
+    let bars = Bars::new(opts.progress && total > 0, total);
     let mut free = jobs;
     let mut running = 0usize;
     let (tx, rx) = mpsc::channel::<(usize, usize, Finished)>();
 
     std::thread::scope(|scope| {
         loop {
-            if !opts.cancel.is_cancelled() {
-                // Dispatch every ready instance that fits in the free cores.
-                for &i in &plan.order {
-                    if !selected[i] || !matches!(slots[i], Slot::Pending) {
-                        continue;
-                    }
-                    let ups: Vec<usize> = plan.instances[i]
-                        .inputs
-                        .values()
-                        .flatten()
-                        .copied()
-                        .collect();
-                    if ups
-                        .iter()
-                        .any(|&u| matches!(slots[u], Slot::Failed(_) | Slot::Skipped))
-                    {
-                        slots[i] = Slot::Skipped;
-                        report.skipped.push(plan.instances[i].name.clone());
-                        bars.finish_one();
-                        continue;
-                    }
-                    if !ups.iter().all(|&u| matches!(slots[u], Slot::Done(_))) {
-                        continue;
-                    }
-                    let inst = &plan.instances[i];
-                    let weight = match session.stage_of(inst).threads(&inst.params) {
-                        Threads::One => 1,
-                        Threads::Exactly(k) => k.clamp(1, jobs),
-                        Threads::All => jobs,
-                    };
-                    if weight > free && running > 0 {
-                        continue;
-                    }
-                    let upstream: BTreeMap<usize, Record> = ups
-                        .iter()
-                        .filter_map(|&u| match &slots[u] {
-                            Slot::Done(r) => Some((u, (**r).clone())),
-                            _ => None,
-                        })
-                        .collect();
-                    slots[i] = Slot::Running;
-                    free = free.saturating_sub(weight);
-                    running += 1;
-                    let tx = tx.clone();
-                    let force = forced[i];
-                    let bars = &bars;
-                    scope.spawn(move || {
-                        let result =
-                            execute(session, i, &upstream, force, weight, &opts.cancel, bars);
-                        let _ = tx.send((i, weight, result));
-                    });
+            // Start ready instances in order while they fit in the free cores
+            // (one always starts when nothing runs, whatever its weight).
+            while let Some(&i) = ready.front() {
+                if opts.cancel.is_cancelled() {
+                    break;
                 }
+                let inst = &plan.instances[i];
+                let weight = match session.stage_of(inst).threads(&inst.params) {
+                    Threads::One => 1,
+                    Threads::Exactly(k) => k.clamp(1, jobs),
+                    Threads::All => jobs,
+                };
+                if weight > free && running > 0 {
+                    break;
+                }
+                ready.pop_front();
+                let upstream: BTreeMap<usize, Record> = distinct_inputs(i)
+                    .into_iter()
+                    .filter_map(|u| match &slots[u] {
+                        Slot::Done(r) => Some((u, (**r).clone())),
+                        _ => None,
+                    })
+                    .collect();
+                slots[i] = Slot::Running;
+                free = free.saturating_sub(weight);
+                running += 1;
+                let tx = tx.clone();
+                let force = forced[i];
+                let bars = &bars;
+                scope.spawn(move || {
+                    let result = execute(session, i, &upstream, force, weight, &opts.cancel, bars);
+                    let _ = tx.send((i, weight, result));
+                });
             }
             if running == 0 {
                 break;
@@ -183,22 +205,46 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             free += weight;
             bars.finish_one();
             let name = plan.instances[i].name.clone();
-            slots[i] = match result {
+            let ok = match result {
                 Finished::Cached(r) => {
                     report.cached.push(name);
-                    Slot::Done(r)
+                    slots[i] = Slot::Done(r);
+                    true
                 }
                 Finished::Ran(r) => {
                     bars.println(&format!("  ran  {name} ({:.1}s)", r.duration_s));
                     report.ran.push(name);
-                    Slot::Done(r)
+                    slots[i] = Slot::Done(r);
+                    true
                 }
                 Finished::Failed { error, key } => {
                     bars.println(&format!("  FAILED  {name}: {error}"));
                     report.failed.push((name, error));
-                    Slot::Failed(key)
+                    slots[i] = Slot::Failed(key);
+                    false
                 }
             };
+            if ok {
+                for d in plan.downstream(i) {
+                    if selected[d] && matches!(slots[d], Slot::Pending) {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 {
+                            ready.push_back(d);
+                        }
+                    }
+                }
+            } else {
+                // Everything downstream of a failure is skipped; other branches go on.
+                let mut stack = plan.downstream(i);
+                while let Some(d) = stack.pop() {
+                    if selected[d] && matches!(slots[d], Slot::Pending) {
+                        slots[d] = Slot::Skipped;
+                        report.skipped.push(plan.instances[d].name.clone());
+                        bars.finish_one();
+                        stack.extend(plan.downstream(d));
+                    }
+                }
+            }
         }
     });
     bars.clear();
@@ -226,21 +272,46 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             _ => None,
         })
         .collect();
-    session.cache.update_refs(&session.scope, |refs| {
-        refs.manifest =
-            std::fs::canonicalize(&session.manifest.path).unwrap_or(session.manifest.path.clone());
+    let manifest_path =
+        std::fs::canonicalize(&session.manifest.path).unwrap_or(session.manifest.path.clone());
+    // Refs name each instance's latest key; instances no longer in the
+    // manifest drop out, so gc can collect them.
+    let names: std::collections::HashSet<&str> =
+        plan.instances.iter().map(|i| i.name.as_str()).collect();
+    let update = |refs: &mut flow_cache::Refs| {
+        refs.manifest = manifest_path.clone();
         refs.profile = plan.profile.clone();
+        refs.instances
+            .retain(|name, _| names.contains(name.as_str()));
         for (&i, r) in &done {
             refs.instances
                 .insert(plan.instances[i].name.clone(), r.key.clone());
         }
         for &(i, key) in &failed_keys {
-            refs.instances.insert(plan.instances[i].name.clone(), key.clone());
+            refs.instances
+                .insert(plan.instances[i].name.clone(), key.clone());
         }
-    })?;
+    };
+    let current = session.cache.read_refs(&session.scope);
+    let mut wanted = current.clone();
+    update(&mut wanted);
+    if wanted != current {
+        session.cache.update_refs(&session.scope, update)?;
+    }
     report.published = publish(session, &done).map_err(RunError::Cache)?;
     session.cache.flush()?;
     Ok(report)
+}
+
+/// `roots` and everything downstream of them.
+fn downstream_closure(plan: &crate::plan::Plan, roots: &[bool]) -> Vec<bool> {
+    let mut out = roots.to_vec();
+    for &i in &plan.order {
+        if !out[i] && plan.instances[i].inputs.values().flatten().any(|&u| out[u]) {
+            out[i] = true;
+        }
+    }
+    out
 }
 
 /// Instance indices for stage or instance names; None when `names` is empty.
@@ -368,6 +439,12 @@ fn execute(
             instance: inst.name.clone(),
             error: error.clone(),
             unix: started_unix,
+            kind: inst.kind.clone(),
+            version: stage.version(),
+            seed: inst.seed,
+            params: serde_json::to_value(&keyed.params).unwrap_or_default(),
+            inputs: keyed.inputs.clone(),
+            fingerprints: keyed.fingerprints.clone(),
         });
         fail(error)
     };
@@ -399,8 +476,8 @@ fn execute(
         kind: inst.kind.clone(),
         version: stage.version(),
         params: serde_json::to_value(&keyed.params).unwrap_or_default(),
-        inputs: keyed.inputs,
-        fingerprints: keyed.fingerprints,
+        inputs: keyed.inputs.clone(),
+        fingerprints: keyed.fingerprints.clone(),
         seed: inst.seed,
         outputs,
         metrics: outcome.metrics,

@@ -153,7 +153,7 @@ impl<'a> Session<'a> {
             RecordState::Unreadable(why) => Cached::Unreadable(why),
             RecordState::Ok(record) => {
                 for (name, out) in &record.outputs {
-                    let problem = match self.cache.check_object(&out.hash) {
+                    let problem = match self.cache.check_object_quick(&out.hash) {
                         ObjectState::Ok => continue,
                         ObjectState::Missing => {
                             format!("output `{name}` is missing from the cache")

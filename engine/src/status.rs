@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use flow_cache::Record;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::session::{Cached, Keyed, Session};
@@ -38,95 +39,148 @@ pub struct InstanceStatus {
     pub key: Option<String>,
 }
 
-/// Evaluates every instance in dependency order.
+/// Evaluates every instance, level by level (an instance's level is one more
+/// than its deepest input's), each level in parallel.
 pub fn evaluate(session: &Session<'_>) -> (Vec<InstanceStatus>, BTreeMap<usize, Record>) {
     let plan = &session.plan;
-    let mut out: Vec<Option<InstanceStatus>> = vec![None; plan.instances.len()];
+    let mut rows: Vec<Option<InstanceStatus>> = vec![None; plan.instances.len()];
     let mut fresh: BTreeMap<usize, Record> = BTreeMap::new();
     let refs = session.cache.read_refs(&session.scope);
-    for &i in &plan.order {
-        let inst = &plan.instances[i];
-        let row = |state, reason: String, key: Option<String>| InstanceStatus {
-            stage: inst.stage.clone(),
-            instance: inst.name.clone(),
-            kind: inst.kind.clone(),
-            state,
-            reason,
-            key,
-        };
-        // An instance whose inputs are not fresh cannot have a known key.
-        let blocked = inst.inputs.iter().find_map(|(param, ups)| {
-            ups.iter()
-                .find(|u| !fresh.contains_key(u))
-                .map(|&u| (param.clone(), u))
-        });
-        if let Some((param, u)) = blocked {
-            let up = &plan.instances[u];
-            let what = match out[u].as_ref().map(|s| s.state) {
-                Some(State::Failed) => "failed",
-                _ => "stale",
-            };
-            out[i] = Some(row(
-                State::Stale,
-                format!("input `{param}` (`{}`) is {what}", up.name),
-                None,
-            ));
-            continue;
+    for level in plan.levels() {
+        let done: Vec<(usize, InstanceStatus, Option<Record>)> = level
+            .par_iter()
+            .map(|&i| {
+                let (row, record) = evaluate_one(session, i, &rows, &fresh, &refs);
+                (i, row, record)
+            })
+            .collect();
+        for (i, row, record) in done {
+            if let Some(r) = record {
+                fresh.insert(i, r);
+            }
+            rows[i] = Some(row);
         }
-        let keyed = match session.key(i, &fresh) {
-            Ok(k) => k,
-            Err(e) => {
-                out[i] = Some(row(State::Stale, format!("cannot compute key: {e}"), None));
-                continue;
-            }
-        };
-        let status = match session.cached(&keyed.key) {
-            Cached::Fresh(record) => {
-                fresh.insert(i, *record);
-                row(State::Fresh, String::new(), Some(keyed.key))
-            }
-            Cached::Damaged { problem, .. } => row(State::Stale, problem, Some(keyed.key)),
-            Cached::Unreadable(why) => row(
-                State::Stale,
-                format!("stage record unreadable ({why})"),
-                Some(keyed.key),
-            ),
-            Cached::Missing => match session.cache.read_failure(&keyed.key) {
-                Some(f) => row(
-                    State::Failed,
-                    format!("failed last time: {}", f.error),
-                    Some(keyed.key),
-                ),
-                None => {
-                    let reason = match refs.instances.get(&inst.name) {
-                        None => "never run".to_string(),
-                        Some(old_key) => why_changed(session, old_key, &keyed, inst.seed),
-                    };
-                    row(State::Stale, reason, Some(keyed.key))
-                }
-            },
-        };
-        out[i] = Some(status);
     }
-    (out.into_iter().flatten().collect(), fresh)
+    (rows.into_iter().flatten().collect(), fresh)
 }
 
-/// Compares the last run's record of this instance with the new key's inputs.
+fn evaluate_one(
+    session: &Session<'_>,
+    i: usize,
+    rows: &[Option<InstanceStatus>],
+    fresh: &BTreeMap<usize, Record>,
+    refs: &flow_cache::Refs,
+) -> (InstanceStatus, Option<Record>) {
+    let plan = &session.plan;
+    let inst = &plan.instances[i];
+    let row = |state, reason: String, key: Option<String>| InstanceStatus {
+        stage: inst.stage.clone(),
+        instance: inst.name.clone(),
+        kind: inst.kind.clone(),
+        state,
+        reason,
+        key,
+    };
+    // An instance whose inputs are not fresh cannot have a known key.
+    let blocked = inst.inputs.iter().find_map(|(param, ups)| {
+        ups.iter()
+            .find(|u| !fresh.contains_key(u))
+            .map(|&u| (param.clone(), u))
+    });
+    if let Some((param, u)) = blocked {
+        let up = &plan.instances[u];
+        let what = match rows[u].as_ref().map(|s| s.state) {
+            Some(State::Failed) => "failed",
+            _ => "stale",
+        };
+        let reason = format!("input `{param}` (`{}`) is {what}", up.name);
+        return (row(State::Stale, reason, None), None);
+    }
+    let keyed = match session.key(i, fresh) {
+        Ok(k) => k,
+        Err(e) => {
+            return (
+                row(State::Stale, format!("cannot compute key: {e}"), None),
+                None,
+            )
+        }
+    };
+    let key = Some(keyed.key.clone());
+    match session.cached(&keyed.key) {
+        Cached::Fresh(record) => (row(State::Fresh, String::new(), key), Some(*record)),
+        Cached::Damaged { problem, .. } => (row(State::Stale, problem, key), None),
+        Cached::Unreadable(why) => (
+            row(
+                State::Stale,
+                format!("stage record unreadable ({why})"),
+                key,
+            ),
+            None,
+        ),
+        Cached::Missing => match session.cache.read_failure(&keyed.key) {
+            Some(f) => (
+                row(State::Failed, format!("failed last time: {}", f.error), key),
+                None,
+            ),
+            None => {
+                let reason = match refs.instances.get(&inst.name) {
+                    None => "never run".to_string(),
+                    Some(old_key) => why_changed(session, old_key, &keyed, inst.seed),
+                };
+                (row(State::Stale, reason, key), None)
+            }
+        },
+    }
+}
+
+/// What a previous key was computed from: a record's or a failure's.
+struct Previous {
+    kind: String,
+    version: u32,
+    seed: u64,
+    params: serde_json::Value,
+    inputs: BTreeMap<String, Vec<flow_cache::InputRef>>,
+    fingerprints: BTreeMap<String, String>,
+    failed: bool,
+}
+
+/// Compares the last run of this instance with the new key's material.
 fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> String {
     let old = match session.cache.read_record(old_key) {
-        flow_cache::RecordState::Ok(r) => r,
-        _ => return "never run with these settings (the last run's record is gone)".to_string(),
+        flow_cache::RecordState::Ok(r) => Previous {
+            kind: r.kind,
+            version: r.version,
+            seed: r.seed,
+            params: r.params,
+            inputs: r.inputs,
+            fingerprints: r.fingerprints,
+            failed: false,
+        },
+        _ => match session.cache.read_failure(old_key) {
+            Some(f) if !f.kind.is_empty() => Previous {
+                kind: f.kind,
+                version: f.version,
+                seed: f.seed,
+                params: f.params,
+                inputs: f.inputs,
+                fingerprints: f.fingerprints,
+                failed: true,
+            },
+            _ => {
+                return "never run with these settings (the last run's record is gone)".to_string()
+            }
+        },
     };
     let kind = old.kind.clone();
-    let stage = session
+    let version = session
         .registry
         .get(&kind)
         .map(|s| s.version())
         .unwrap_or(old.version);
     let mut reasons = Vec::new();
-    if stage != old.version {
+    if version != old.version {
         reasons.push(format!(
-            "implementation of `{kind}` changed (version {} -> {stage})",
+            "implementation of `{kind}` changed (version {} -> {version})",
             old.version
         ));
     }
@@ -171,5 +225,10 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
     if reasons.is_empty() {
         reasons.push("the key scheme changed (a new version of flow)".to_string());
     }
-    reasons.join("; ")
+    let reasons = reasons.join("; ");
+    if old.failed {
+        format!("{reasons} (since the last run, which failed)")
+    } else {
+        reasons
+    }
 }

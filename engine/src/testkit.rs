@@ -48,12 +48,17 @@ pub fn registry() -> Registry {
             vec![
                 ParamSpec::input("real", "real data").required(),
                 ParamSpec::input("generated", "generated data").required(),
-                ParamSpec::float("ratio", "share").min(0.0).max(1.0).required(),
+                ParamSpec::float("ratio", "share")
+                    .min(0.0)
+                    .max(1.0)
+                    .required(),
                 ParamSpec::table(
                     "lora",
                     vec![
                         ParamSpec::int("rank", "rank").min(1.0).default(8),
-                        ParamSpec::float("alpha", "alpha").greater_than(0.0).default(16.0),
+                        ParamSpec::float("alpha", "alpha")
+                            .greater_than(0.0)
+                            .default(16.0),
                     ],
                     "adapter",
                 ),

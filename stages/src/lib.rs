@@ -4,16 +4,25 @@
 
 pub mod data;
 pub mod dataset;
+pub mod mix;
 pub mod params;
+pub mod score;
 pub mod seeds;
 pub mod source;
+pub mod table;
 
 #[cfg(test)]
 mod testutil;
 
+pub use mix::Mix;
+pub use score::Score;
 pub use source::Source;
+pub use table::Table;
 
 /// Registers every stage kind of this crate.
 pub fn register_all(registry: &mut flow_engine::Registry) {
     registry.register(Source);
+    registry.register(Mix);
+    registry.register(Score);
+    registry.register(Table);
 }

@@ -53,7 +53,8 @@ pub fn params(stage: &dyn Stage, given: &[(&str, Value)]) -> Params {
 pub struct Ran {
     pub outcome: Outcome,
     pub log: Vec<String>,
-    pub dir: TempDir,
+    /// Keeps the output folder alive as long as the run.
+    _dir: TempDir,
 }
 
 impl Ran {
@@ -122,7 +123,11 @@ pub fn run(
     );
     let outcome = stage.run(&mut ctx)?;
     let log = ctx.take_log();
-    Ok(Ran { outcome, log, dir })
+    Ok(Ran {
+        outcome,
+        log,
+        _dir: dir,
+    })
 }
 
 /// An upstream instance holding `examples` as its `data.jsonl`.
