@@ -61,7 +61,9 @@ impl Cache {
     /// Fails with [`CacheError::Version`] if the folder holds a cache of another layout version.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
         fsio::create_dir(root)?;
-        let root = root.to_path_buf();
+        // An absolute, symlink-free root makes every object path canonical by
+        // construction, so verifying objects needs no path resolution.
+        let root = std::fs::canonicalize(root).map_err(CacheError::io("resolve", root))?;
         check_version(&root)?;
         for dir in SUBDIRS {
             fsio::create_dir(&root.join(dir))?;

@@ -169,7 +169,7 @@ impl Cache {
             return ObjectState::Missing;
         }
         let path = self.object_path(hash);
-        match self.hash_file(&path) {
+        match self.hash_canonical_file(path.clone(), &path) {
             Ok(actual) if actual == hash => ObjectState::Ok,
             Ok(actual) => ObjectState::Corrupt {
                 expected: hash.to_string(),

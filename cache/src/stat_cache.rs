@@ -93,6 +93,17 @@ impl Cache {
     /// once. A file that changes while being hashed is hashed again.
     pub fn hash_file(&self, path: &Path) -> Result<Hash, CacheError> {
         let canonical = fs::canonicalize(path).map_err(CacheError::io("resolve", path))?;
+        self.hash_canonical_file(canonical, path)
+    }
+
+    /// [`Cache::hash_file`] for a path known to be canonical (objects under
+    /// the canonical cache root); `shown` names the file in errors.
+    pub(crate) fn hash_canonical_file(
+        &self,
+        canonical: PathBuf,
+        shown: &Path,
+    ) -> Result<Hash, CacheError> {
+        let path = shown;
         let meta = fs::metadata(&canonical).map_err(CacheError::io("read metadata of", path))?;
         if !meta.is_file() {
             return Err(CacheError::NotAFile {

@@ -42,26 +42,36 @@ pub fn mix128(k: u128) -> u64 {
 }
 
 /// Open-addressing map from packed keys to ids, linear probing, load <= 1/2.
+/// Key and id share a slot, so a lookup touches one cache line.
 struct IdMap {
-    keys: Vec<u128>,
-    ids: Vec<u32>,
+    slots: Vec<Slot>,
     shift: u32,
     len: usize,
 }
 
-const EMPTY: u32 = u32::MAX;
+#[derive(Clone, Copy)]
+struct Slot {
+    lo: u64,
+    hi: u64,
+    id: u32,
+}
+
+const EMPTY: Slot = Slot {
+    lo: 0,
+    hi: 0,
+    id: u32::MAX,
+};
 
 impl Default for IdMap {
     fn default() -> Self {
-        Self::with_bits(12)
+        Self::with_bits(10)
     }
 }
 
 impl IdMap {
     fn with_bits(bits: u32) -> Self {
         IdMap {
-            keys: vec![0; 1 << bits],
-            ids: vec![EMPTY; 1 << bits],
+            slots: vec![EMPTY; 1 << bits],
             shift: 64 - bits,
             len: 0,
         }
@@ -69,20 +79,21 @@ impl IdMap {
 
     #[inline]
     fn get_or_insert(&mut self, key: u128, next: u32) -> u32 {
-        if 2 * (self.len + 1) > self.keys.len() {
+        if 2 * (self.len + 1) > self.slots.len() {
             self.grow();
         }
-        let mask = self.keys.len() - 1;
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
+        let mask = self.slots.len() - 1;
         let mut i = (mix128(key) >> self.shift) as usize;
         loop {
-            if self.ids[i] == EMPTY {
-                self.keys[i] = key;
-                self.ids[i] = next;
+            let slot = &mut self.slots[i];
+            if slot.id == u32::MAX {
+                *slot = Slot { lo, hi, id: next };
                 self.len += 1;
                 return next;
             }
-            if self.keys[i] == key {
-                return self.ids[i];
+            if slot.lo == lo && slot.hi == hi {
+                return slot.id;
             }
             i = (i + 1) & mask;
         }
@@ -91,10 +102,8 @@ impl IdMap {
     fn grow(&mut self) {
         let bits = 64 - self.shift + 1;
         let old = std::mem::replace(self, Self::with_bits(bits));
-        for (k, id) in old.keys.into_iter().zip(old.ids) {
-            if id != EMPTY {
-                self.get_or_insert(k, id);
-            }
+        for slot in old.slots.into_iter().filter(|s| s.id != u32::MAX) {
+            self.get_or_insert(u128::from(slot.lo) | u128::from(slot.hi) << 64, slot.id);
         }
     }
 }

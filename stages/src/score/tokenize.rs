@@ -94,69 +94,95 @@ fn split_bytes<'a>(text: &'a str, is_sep: impl Fn(u8) -> bool, mut f: impl FnMut
 }
 
 /// Documents as sequences of token ids. A document is one example: its text
-/// fields (input, then target) tokenized and concatenated.
+/// fields (input, then target) tokenized and concatenated. Stored in the
+/// chunks it was built in (no copy into one array).
 pub struct Corpus {
-    pub ids: Vec<u32>,
-    /// `offsets[d]..offsets[d + 1]` are the ids of document `d`.
-    pub offsets: Vec<usize>,
+    chunks: Vec<Chunk>,
+    /// Documents per chunk (the last may have fewer).
+    per_chunk: usize,
+    len: usize,
     pub vocab_size: usize,
 }
 
+struct Chunk {
+    ids: Vec<u32>,
+    /// `offsets[i]..offsets[i + 1]` are the ids of the chunk's document i.
+    offsets: Vec<u32>,
+    vocab: Interner,
+}
+
+/// Documents per chunk: small enough that a chunk's vocabulary table stays
+/// in a core's L2 cache (interning is bound by its cache misses).
+const CHUNK_DOCS: usize = 512;
+
 impl Corpus {
     pub fn doc(&self, d: usize) -> &[u32] {
-        &self.ids[self.offsets[d]..self.offsets[d + 1]]
+        let chunk = &self.chunks[d / self.per_chunk];
+        let i = d % self.per_chunk;
+        &chunk.ids[chunk.offsets[i] as usize..chunk.offsets[i + 1] as usize]
     }
 
     pub fn len(&self) -> usize {
-        self.offsets.len() - 1
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Tokenizes and interns in parallel: chunks of documents intern into
-    /// their own vocabularies, then a short sequential pass maps those to
-    /// one vocabulary (ids in order of first appearance by chunk).
+    /// their own vocabularies, then one sequential pass maps those into one
+    /// vocabulary and the chunks' ids are rewritten in place.
     pub fn build<T: Sync>(
         docs: &[T],
         fields: impl Fn(&T) -> [&str; 2] + Sync,
         tok: Tokenizer,
     ) -> Self {
-        // A few chunks per thread balance the load; fewer chunks mean fewer
-        // local vocabularies to merge.
-        let chunk = (docs.len() / (4 * rayon::current_num_threads())).clamp(256, 8192);
-        let dbg = std::env::var_os("DBG").is_some();
-        let t0 = std::time::Instant::now();
-        let locals: Vec<Local> = docs
-            .par_chunks(chunk)
-            .map(|chunk| Local::intern(chunk, &fields, tok))
+        let mut chunks: Vec<Chunk> = docs
+            .par_chunks(CHUNK_DOCS)
+            .map(|chunk| Chunk::intern(chunk, &fields, tok))
             .collect();
-
-        if dbg { eprintln!("  locals {:?}", t0.elapsed()); }
         let mut global = Interner::default();
-        let remaps: Vec<Vec<u32>> = locals
-            .iter()
-            .map(|local| global.merge(&local.vocab))
-            .collect();
-
-        if dbg { eprintln!("  merge {:?}", t0.elapsed()); }
-        let total: usize = locals.iter().map(|l| l.ids.len()).sum();
-        let mut ids = Vec::with_capacity(total);
-        let mut offsets = Vec::with_capacity(docs.len() + 1);
-        offsets.push(0);
-        for (local, remap) in locals.iter().zip(&remaps) {
-            ids.extend(local.ids.iter().map(|&i| remap[i as usize]));
-            for &len in &local.lens {
-                offsets.push(offsets[offsets.len() - 1] + len as usize);
+        let remaps: Vec<Vec<u32>> = chunks.iter().map(|c| global.merge(&c.vocab)).collect();
+        chunks.par_iter_mut().zip(remaps).for_each(|(chunk, remap)| {
+            for id in &mut chunk.ids {
+                *id = remap[*id as usize];
             }
-        }
-        if dbg { eprintln!("  flatten {:?}", t0.elapsed()); }
+            chunk.vocab = Interner::default();
+        });
         Corpus {
-            ids,
-            offsets,
+            chunks,
+            per_chunk: CHUNK_DOCS,
+            len: docs.len(),
             vocab_size: global.len(),
         }
+    }
+}
+
+impl Chunk {
+    fn intern<T>(docs: &[T], fields: &impl Fn(&T) -> [&str; 2], tok: Tokenizer) -> Self {
+        let mut chunk = Chunk {
+            ids: Vec::with_capacity(docs.len() * 32),
+            offsets: Vec::with_capacity(docs.len() + 1),
+            vocab: Interner::default(),
+        };
+        chunk.offsets.push(0);
+        let table = match tok {
+            Tokenizer::Whitespace => &WHITESPACE,
+            Tokenizer::Words => &NOT_WORD,
+        };
+        for doc in docs {
+            for text in fields(doc) {
+                if text.is_ascii() {
+                    chunk.vocab.ascii_text(text, table, &mut chunk.ids);
+                } else {
+                    let lower = text.to_lowercase();
+                    for_each_lowered(tok, &lower, |t| chunk.ids.push(chunk.vocab.token(t)));
+                }
+            }
+            chunk.offsets.push(chunk.ids.len() as u32);
+        }
+        chunk
     }
 }
 
