@@ -6,6 +6,7 @@ pub mod data;
 pub mod dataset;
 pub mod mix;
 pub mod params;
+pub mod resources;
 pub mod score;
 pub mod seeds;
 pub mod source;
@@ -21,6 +22,7 @@ pub use table::Table;
 
 /// Registers every stage kind of this crate.
 pub fn register_all(registry: &mut flow_engine::Registry) {
+    resources::register(registry);
     registry.register(Source);
     registry.register(Mix);
     registry.register(Score);

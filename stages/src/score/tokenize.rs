@@ -138,18 +138,22 @@ impl Corpus {
         fields: impl Fn(&T) -> [&str; 2] + Sync,
         tok: Tokenizer,
     ) -> Self {
+        let t0 = std::time::Instant::now();
         let mut chunks: Vec<Chunk> = docs
             .par_chunks(CHUNK_DOCS)
             .map(|chunk| Chunk::intern(chunk, &fields, tok))
             .collect();
+        let t1 = t0.elapsed();
         let mut global = Interner::default();
         let remaps: Vec<Vec<u32>> = chunks.iter().map(|c| global.merge(&c.vocab)).collect();
+        let t2 = t0.elapsed();
         chunks.par_iter_mut().zip(remaps).for_each(|(chunk, remap)| {
             for id in &mut chunk.ids {
                 *id = remap[*id as usize];
             }
             chunk.vocab = Interner::default();
         });
+        if std::env::var_os("DBG").is_some() { eprintln!("intern {t1:?} merge {:?} remap {:?} vocab sum {}", t2 - t1, t0.elapsed() - t2, chunks.len()); }
         Corpus {
             chunks,
             per_chunk: CHUNK_DOCS,
@@ -208,41 +212,6 @@ pub(crate) static NOT_WORD: [bool; 256] = {
     }
     t
 };
-
-/// One chunk of documents interned on its own.
-struct Local {
-    ids: Vec<u32>,
-    /// Tokens per document.
-    lens: Vec<u32>,
-    vocab: Interner,
-}
-
-impl Local {
-    fn intern<T>(docs: &[T], fields: &impl Fn(&T) -> [&str; 2], tok: Tokenizer) -> Self {
-        let mut local = Local {
-            ids: Vec::with_capacity(docs.len() * 32),
-            lens: Vec::with_capacity(docs.len()),
-            vocab: Interner::default(),
-        };
-        for doc in docs {
-            let start = local.ids.len();
-            for text in fields(doc) {
-                if text.is_ascii() {
-                    let table = match tok {
-                        Tokenizer::Whitespace => &WHITESPACE,
-                        Tokenizer::Words => &NOT_WORD,
-                    };
-                    local.vocab.ascii_text(text, table, &mut local.ids);
-                } else {
-                    let lower = text.to_lowercase();
-                    for_each_lowered(tok, &lower, |t| local.ids.push(local.vocab.token(t)));
-                }
-            }
-            local.lens.push((local.ids.len() - start) as u32);
-        }
-        local
-    }
-}
 
 #[cfg(test)]
 mod tests {
