@@ -513,9 +513,9 @@ impl<'r, 'd> Loader<'r, 'd> {
             };
             let mut overrides = Vec::new();
             for (fkey, fvalue) in fields {
-                let mut segments: Vec<String> =
+                let segments: Vec<String> =
                     fkey.get_ref().split('.').map(str::to_string).collect();
-                self.flatten_override(m, &path, &mut segments, fkey.span(), fvalue, &mut overrides);
+                self.flatten_override(m, &path, &segments, fkey.span(), fvalue, &mut overrides);
             }
             m.profiles.insert(profile, overrides);
         }
@@ -527,7 +527,7 @@ impl<'r, 'd> Loader<'r, 'd> {
         &mut self,
         m: &Manifest,
         profile_path: &str,
-        segments: &mut Vec<String>,
+        segments: &[String],
         key_span: Range<usize>,
         value: Spanned<DeValue<'_>>,
         out: &mut Vec<Override>,
@@ -537,9 +537,9 @@ impl<'r, 'd> Loader<'r, 'd> {
                 let inner = value.into_inner();
                 if let DeValue::Table(t) = inner {
                     for (k, v) in t {
-                        let mut segs = segments.clone();
+                        let mut segs = segments.to_vec();
                         segs.extend(k.get_ref().split('.').map(str::to_string));
-                        self.flatten_override(m, profile_path, &mut segs, k.span(), v, out);
+                        self.flatten_override(m, profile_path, &segs, k.span(), v, out);
                     }
                 }
                 return;
