@@ -4,13 +4,21 @@
 
 pub mod data;
 pub mod dataset;
+pub mod eval_loss;
+pub mod generate_qa;
+pub mod generate_stories;
+pub mod generation;
 pub mod mix;
+pub mod paraphrase;
 pub mod params;
+pub mod replace;
 pub mod resources;
 pub mod score;
 pub mod seeds;
 pub mod source;
 pub mod table;
+pub mod topics;
+pub mod train_lora;
 
 #[cfg(test)]
 mod testutil;
@@ -27,4 +35,11 @@ pub fn register_all(registry: &mut flow_engine::Registry) {
     registry.register(Mix);
     registry.register(Score);
     registry.register(Table);
+    registry.register(topics::Topics);
+    registry.register(generate_stories::GenerateStories);
+    registry.register(generate_qa::GenerateQa);
+    registry.register(paraphrase::Paraphrase);
+    registry.register(replace::Replace);
+    registry.register(train_lora::TrainLora);
+    registry.register(eval_loss::EvalLoss);
 }

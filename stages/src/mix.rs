@@ -70,7 +70,11 @@ impl Stage for Mix {
                 "fixed: total size stays `size`; variable: all real plus generated",
             )
             .default("fixed"),
-            ParamSpec::int("size", "fixed mode: total number of examples; default |real|").min(1.0),
+            ParamSpec::int(
+                "size",
+                "fixed mode: total number of examples; default |real|",
+            )
+            .min(1.0),
         ]
     }
 
@@ -120,7 +124,12 @@ impl Stage for Mix {
         let mode = if variable { "variable" } else { "fixed" };
         for (side, need, have, instance) in [
             ("real", want.real, real.len(), &real_in.instance),
-            ("generated", want.generated, generated.len(), &gen_in.instance),
+            (
+                "generated",
+                want.generated,
+                generated.len(),
+                &gen_in.instance,
+            ),
         ] {
             if need > have {
                 return Err(StageError::invalid(format!(

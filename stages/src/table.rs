@@ -170,7 +170,10 @@ impl Grid {
             })
             .collect::<Result<Vec<usize>, _>>()?;
         let group_of = |row: &[Json]| -> String {
-            keys.iter().map(|&k| row[k].to_string()).collect::<Vec<_>>().join("\u{1f}")
+            keys.iter()
+                .map(|&k| row[k].to_string())
+                .collect::<Vec<_>>()
+                .join("\u{1f}")
         };
         let mut max: BTreeMap<String, f64> = BTreeMap::new();
         for row in &self.rows {
@@ -183,8 +186,9 @@ impl Grid {
             .rows
             .iter()
             .map(|row| match (row[col].as_f64(), max.get(&group_of(row))) {
-                (Some(v), Some(&m)) if m > 0.0 => serde_json::Number::from_f64(v / m)
-                    .map_or(Json::Null, Json::Number),
+                (Some(v), Some(&m)) if m > 0.0 => {
+                    serde_json::Number::from_f64(v / m).map_or(Json::Null, Json::Number)
+                }
                 _ => Json::Null,
             })
             .collect();
@@ -220,7 +224,12 @@ impl Grid {
             .rows
             .iter()
             .map(|row| {
-                let map: Map<String, Json> = self.columns.iter().cloned().zip(row.iter().cloned()).collect();
+                let map: Map<String, Json> = self
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect();
                 Json::Object(map)
             })
             .collect();

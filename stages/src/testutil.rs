@@ -16,6 +16,7 @@ use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
 /// workspace. `None` (with the reason printed) when it is absent.
 pub fn data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("FLOW_DATA_DIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     if dir.join("rocstories/stories.jsonl").is_file() {

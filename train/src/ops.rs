@@ -140,11 +140,7 @@ pub fn rope_tables(
 
 /// Additive causal mask (rows, T) for rows laid out as `groups` blocks of T
 /// query positions: row r is position r % T and sees keys 0..=r % T.
-pub fn causal_mask(
-    groups: usize,
-    t: usize,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
+pub fn causal_mask(groups: usize, t: usize, device: &candle_core::Device) -> Result<Tensor> {
     let mut m = vec![0f32; groups * t * t];
     for g in 0..groups {
         for i in 0..t {

@@ -15,8 +15,14 @@ fn side(prefix: &str, n: usize) -> Vec<Example> {
 fn mix(n_real: usize, n_gen: usize, seed: u64, given: &[(&str, Value)]) -> Result<Ran, StageError> {
     let dir = tempfile::tempdir().unwrap();
     let ins = inputs(vec![
-        ("real", data_upstream(dir.path(), "real", &side("r", n_real))),
-        ("generated", data_upstream(dir.path(), "gen", &side("g", n_gen))),
+        (
+            "real",
+            data_upstream(dir.path(), "real", &side("r", n_real)),
+        ),
+        (
+            "generated",
+            data_upstream(dir.path(), "gen", &side("g", n_gen)),
+        ),
     ]);
     let mut all = vec![("real", "real".into()), ("generated", "gen".into())];
     all.extend(given.iter().cloned());
@@ -46,8 +52,14 @@ fn fixed_mode_keeps_the_real_size() {
 
 #[test]
 fn ratio_zero_and_one() {
-    assert_eq!(sides(&mix(40, 60, 1, &[("ratio", 0.0.into())]).unwrap()), (40, 0));
-    assert_eq!(sides(&mix(40, 60, 1, &[("ratio", 1.into())]).unwrap()), (0, 40));
+    assert_eq!(
+        sides(&mix(40, 60, 1, &[("ratio", 0.0.into())]).unwrap()),
+        (40, 0)
+    );
+    assert_eq!(
+        sides(&mix(40, 60, 1, &[("ratio", 1.into())]).unwrap()),
+        (0, 40)
+    );
     let variable = [("ratio", 0.0.into()), ("mode", "variable".into())];
     assert_eq!(sides(&mix(40, 60, 1, &variable).unwrap()), (40, 0));
 }
@@ -59,8 +71,20 @@ fn variable_mode_adds_generated_data() {
     // 0.2 / 0.8 * 40 = 10 generated; 10 / 50 = 0.2.
     assert_eq!(sides(&ran), (40, 10));
     assert_eq!(ran.metric("generated_share"), 0.2);
-    assert_eq!(counts(0.6, true, None, 2000), Counts { real: 2000, generated: 3000 });
-    assert_eq!(counts(0.8, true, None, 2000), Counts { real: 2000, generated: 8000 });
+    assert_eq!(
+        counts(0.6, true, None, 2000),
+        Counts {
+            real: 2000,
+            generated: 3000
+        }
+    );
+    assert_eq!(
+        counts(0.8, true, None, 2000),
+        Counts {
+            real: 2000,
+            generated: 8000
+        }
+    );
 }
 
 #[test]
@@ -79,7 +103,11 @@ fn check_rejects_impossible_variable_settings() {
     assert_eq!(problems, ["ratio", "size"]);
     let fixed = params(
         &Mix,
-        &[("real", "a".into()), ("generated", "b".into()), ("ratio", 1.0.into())],
+        &[
+            ("real", "a".into()),
+            ("generated", "b".into()),
+            ("ratio", 1.0.into()),
+        ],
     );
     assert!(Mix.check(&fixed).is_empty());
 }
@@ -110,13 +138,19 @@ fn not_enough_data_names_the_counts() {
     let err = mix(100, 20, 1, &[("ratio", 0.5.into())]).err().unwrap();
     assert!(matches!(err, StageError::Invalid(_)));
     let msg = err.to_string();
-    assert!(msg.contains("needs 50 generated") && msg.contains("only 20"), "{msg}");
+    assert!(
+        msg.contains("needs 50 generated") && msg.contains("only 20"),
+        "{msg}"
+    );
 
     let err = mix(10, 100, 1, &[("ratio", 0.5.into()), ("size", 40.into())])
         .err()
         .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("needs 20 real") && msg.contains("size = 40"), "{msg}");
+    assert!(
+        msg.contains("needs 20 real") && msg.contains("size = 40"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -129,7 +163,11 @@ fn tasks_must_match() {
     ]);
     let p = params(
         &Mix,
-        &[("real", "real".into()), ("generated", "gen".into()), ("ratio", 0.0.into())],
+        &[
+            ("real", "real".into()),
+            ("generated", "gen".into()),
+            ("ratio", 0.0.into()),
+        ],
     );
     let err = run(&Mix, &p, ins, 1, None).err().unwrap();
     assert!(err.to_string().contains("cannot mix story"), "{err}");

@@ -13,7 +13,6 @@
 //! stay in cache. Longer n-grams than 128 bits fall back to slice keys.
 
 use std::collections::HashSet;
-use std::hash::Hash;
 
 use foldhash::fast::FixedState;
 use rayon::prelude::*;
@@ -74,10 +73,9 @@ fn id_bits(vocab: usize) -> u32 {
 }
 
 /// A packed n-gram key.
-trait Key: Copy + Ord + Hash + Send + Sync {
+trait Key: Copy + Ord + Send + Sync {
     const BITS: u32;
     const ZERO: Self;
-    const MAX: Self;
     fn mask(width: u32) -> Self;
     /// Shifts the oldest id out and `id` in.
     fn push(self, id: u32, bits: u32, mask: Self) -> Self;
@@ -90,7 +88,6 @@ const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 impl Key for u64 {
     const BITS: u32 = 64;
     const ZERO: Self = 0;
-    const MAX: Self = u64::MAX;
     fn mask(width: u32) -> Self {
         if width >= 64 {
             u64::MAX
@@ -111,7 +108,6 @@ impl Key for u64 {
 impl Key for u128 {
     const BITS: u32 = 128;
     const ZERO: Self = 0;
-    const MAX: Self = u128::MAX;
     fn mask(width: u32) -> Self {
         if width >= 128 {
             u128::MAX
@@ -145,7 +141,13 @@ const SMALL: usize = 1 << 15;
 const PART_BITS: u32 = 8;
 const DOC_CHUNK: usize = 2048;
 
-fn unique_packed<K: Key>(corpus: &Corpus, docs: &[usize], n: usize, bits: u32, total: usize) -> usize {
+fn unique_packed<K: Key>(
+    corpus: &Corpus,
+    docs: &[usize],
+    n: usize,
+    bits: u32,
+    total: usize,
+) -> usize {
     debug_assert!(bits as usize * n <= K::BITS as usize);
     let mask = K::mask(bits * n as u32);
     if total < SMALL {
@@ -157,85 +159,138 @@ fn unique_packed<K: Key>(corpus: &Corpus, docs: &[usize], n: usize, bits: u32, t
         keys.dedup();
         return keys.len();
     }
-    let parts = 1usize << PART_BITS;
-    let chunks: Vec<Vec<Vec<K>>> = docs
+    if corpus.tokens() >= u32::MAX as usize {
+        return unique_slices(corpus, docs, n);
+    }
+    // Entries: 32 bits of the key's hash, then the n-gram's position in the
+    // corpus (8 bytes instead of a 16-byte key): the key is re-read from the
+    // corpus only when two hashes agree, i.e. for true duplicates.
+    let chunks: Vec<Partitioned> = docs
         .par_chunks(DOC_CHUNK)
         .map(|chunk| {
             let grams: usize = chunk
                 .iter()
                 .map(|&d| corpus.doc(d).len().saturating_sub(n - 1))
                 .sum();
-            // Room for a fair share plus slack: partitions rarely regrow.
-            let room = grams / parts + grams / (4 * parts) + 8;
-            let mut out: Vec<Vec<K>> = (0..parts).map(|_| Vec::with_capacity(room)).collect();
+            let mut out = Partitioned::new(grams);
             for &d in chunk {
+                let mut pos = corpus.doc_start(d) as u64;
                 for_each_key(corpus.doc(d), n, bits, mask, |k| {
-                    out[(k.spread() >> (64 - PART_BITS)) as usize].push(k);
+                    let h = k.spread();
+                    out.push((h >> (64 - PART_BITS)) as usize, (h >> 24) << 32 | pos);
+                    pos += 1;
                 });
             }
             out
         })
         .collect();
-    (0..parts)
+    (0..1usize << PART_BITS)
         .into_par_iter()
         .map(|p| {
-            let len: usize = chunks.iter().map(|c| c[p].len()).sum();
-            let mut set = KeySet::with_room(len);
+            let len: usize = chunks.iter().map(|c| c.len(p)).sum();
+            let mut set = GramSet::with_room(len);
             for chunk in &chunks {
-                for &k in &chunk[p] {
-                    set.insert(k);
-                }
+                chunk.for_each(p, |entry| {
+                    set.insert(entry, |a, b| corpus.window(a, n) == corpus.window(b, n));
+                });
             }
-            set.len()
+            set.len
         })
         .sum()
 }
 
-/// A fixed-size open-addressing set of keys (load <= 1/2, linear probing).
-/// `K::MAX` marks an empty slot; the key `K::MAX` itself is a flag.
-struct KeySet<K> {
-    slots: Vec<K>,
-    shift: u32,
-    len: usize,
-    has_max: bool,
+/// One chunk's entries by partition: a flat buffer with a fixed room per
+/// partition (a fair share plus slack) and a spill list for the rare
+/// overflow, so adding an entry is a store and an increment.
+struct Partitioned {
+    buf: Vec<u64>,
+    fill: Vec<usize>,
+    room: usize,
+    spill: Vec<(usize, u64)>,
 }
 
-impl<K: Key> KeySet<K> {
-    fn with_room(n: usize) -> Self {
-        let bits = (2 * n.max(1)).next_power_of_two().trailing_zeros().max(4);
-        KeySet {
-            slots: vec![K::MAX; 1 << bits],
-            shift: 64 - bits,
-            len: 0,
-            has_max: false,
+impl Partitioned {
+    fn new(entries: usize) -> Self {
+        let parts = 1usize << PART_BITS;
+        let room = entries / parts + entries / (4 * parts) + 16;
+        Partitioned {
+            // Zeroed allocation: fresh pages come zeroed, nothing is written.
+            buf: vec![0; parts * room],
+            fill: vec![0; parts],
+            room,
+            spill: Vec::new(),
         }
     }
 
     #[inline]
-    fn insert(&mut self, key: K) {
-        if key == K::MAX {
-            self.has_max = true;
-            return;
+    fn push(&mut self, p: usize, entry: u64) {
+        let f = self.fill[p];
+        if f < self.room {
+            self.buf[p * self.room + f] = entry;
+            self.fill[p] = f + 1;
+        } else {
+            self.spill.push((p, entry));
         }
+    }
+
+    fn len(&self, p: usize) -> usize {
+        self.fill[p] + self.spill.iter().filter(|(q, _)| *q == p).count()
+    }
+
+    fn for_each(&self, p: usize, mut f: impl FnMut(u64)) {
+        let start = p * self.room;
+        for &entry in &self.buf[start..start + self.fill[p]] {
+            f(entry);
+        }
+        for &(_, entry) in self.spill.iter().filter(|(q, _)| *q == p) {
+            f(entry);
+        }
+    }
+}
+
+/// A fixed-size open-addressing set of n-gram entries (hash tag << 32 |
+/// position), load <= 2/3, linear probing; `same(a, b)` compares the
+/// n-grams at two positions when their tags agree.
+struct GramSet {
+    slots: Vec<u64>,
+    shift: u32,
+    len: usize,
+}
+
+const FREE: u64 = u64::MAX;
+
+impl GramSet {
+    fn with_room(n: usize) -> Self {
+        // Load between 1/3 and 2/3: short probes, and small enough to stay
+        // in cache (and cheap to clear).
+        let bits = (n + n / 2 + 1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(4, 32);
+        GramSet {
+            slots: vec![FREE; 1 << bits],
+            shift: 32 - bits,
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, entry: u64, same: impl Fn(usize, usize) -> bool) {
+        let tag = entry >> 32;
         let mask = self.slots.len() - 1;
-        // The partition used the top bits; index by the next ones.
-        let mut i = ((key.spread() << PART_BITS) >> self.shift) as usize;
+        let mut i = (tag >> self.shift) as usize;
         loop {
             let slot = self.slots[i];
-            if slot == key {
+            if slot == FREE {
+                self.slots[i] = entry;
+                self.len += 1;
                 return;
             }
-            if slot == K::MAX {
-                self.slots[i] = key;
-                self.len += 1;
+            if slot >> 32 == tag && same(slot as u32 as usize, entry as u32 as usize) {
                 return;
             }
             i = (i + 1) & mask;
         }
-    }
-
-    fn len(&self) -> usize {
-        self.len + usize::from(self.has_max)
     }
 }
 

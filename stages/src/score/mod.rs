@@ -18,8 +18,7 @@ pub mod tokenize;
 use std::collections::BTreeMap;
 
 use flow_engine::{
-    Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads,
-    Value,
+    Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads, Value,
 };
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
@@ -78,14 +77,19 @@ impl Stage for Score {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::input("data", "stage whose examples are scored").required(),
-            ParamSpec::input("reference", "reference examples for `kl` (usually the real data)"),
+            ParamSpec::input(
+                "reference",
+                "reference examples for `kl` (usually the real data)",
+            ),
             ParamSpec::list(
                 "metrics",
                 ParamType::Choice(&["distinct", "lengths", "kl"]),
                 "which metrics to compute",
             )
             .default(vec!["distinct", "lengths"]),
-            ParamSpec::int("n", "n-gram length of Distinct-n").default(5).min(1.0),
+            ParamSpec::int("n", "n-gram length of Distinct-n")
+                .default(5)
+                .min(1.0),
             ParamSpec::choice(
                 "tokenizer",
                 Tokenizer::NAMES,
@@ -98,9 +102,12 @@ impl Stage for Score {
                 "Distinct-n per group, summed (auto: QA by context, stories as one set)",
             )
             .default("auto"),
-            ParamSpec::float("kl_alpha", "additive smoothing of the KL unigram distributions")
-                .default(0.5)
-                .greater_than(0.0),
+            ParamSpec::float(
+                "kl_alpha",
+                "additive smoothing of the KL unigram distributions",
+            )
+            .default(0.5)
+            .greater_than(0.0),
         ]
     }
 
@@ -191,7 +198,10 @@ fn compute(
         metrics.extend(scalars);
     }
     if s.lengths {
-        let lens: Vec<usize> = data.par_iter().map(|e| s.tokenizer.count(&e.target)).collect();
+        let lens: Vec<usize> = data
+            .par_iter()
+            .map(|e| s.tokenizer.count(&e.target))
+            .collect();
         let summary = lengths::summarize(&lens);
         metrics.insert("length_mean".into(), json!(summary.mean));
         metrics.insert("length_median".into(), json!(summary.median));
@@ -230,9 +240,11 @@ fn distinct_section(
     let by_group = match s.grouping.as_str() {
         "group" => true,
         "none" => false,
-        _ => dataset::common_task(data, data_name)
-            .map_err(|e| StageError::invalid(format!("{e}; set `grouping` explicitly")))?
-            == Some(Task::Qa),
+        _ => {
+            dataset::common_task(data, data_name)
+                .map_err(|e| StageError::invalid(format!("{e}; set `grouping` explicitly")))?
+                == Some(Task::Qa)
+        }
     };
     let definition = "unique / total n-grams; n-grams within each example's input + target \
                       (never across examples, never the QA context)";
@@ -252,7 +264,11 @@ fn distinct_section(
         let members: Vec<Vec<usize>> = groups.values().cloned().collect();
         let counts = distinct_groups(corpus, &members, n);
         let sum: f64 = counts.iter().map(NgramCount::value).sum();
-        let mean = if counts.is_empty() { 0.0 } else { sum / counts.len() as f64 };
+        let mean = if counts.is_empty() {
+            0.0
+        } else {
+            sum / counts.len() as f64
+        };
         scalars.insert(format!("distinct_{n}"), json!(sum));
         scalars.insert(format!("distinct_{n}_mean"), json!(mean));
         scalars.insert("groups".into(), json!(counts.len()));

@@ -7,7 +7,11 @@ use crate::dataset::{Example, Task};
 use crate::source::Source;
 use crate::testutil::{data_dir, data_upstream, example, inputs, params, run, Ran};
 
-fn score(data: &[Example], reference: Option<&[Example]>, given: &[(&str, Value)]) -> Result<Ran, StageError> {
+fn score(
+    data: &[Example],
+    reference: Option<&[Example]>,
+    given: &[(&str, Value)],
+) -> Result<Ran, StageError> {
     let dir = tempfile::tempdir().unwrap();
     let mut ins = vec![("data", data_upstream(dir.path(), "data", data))];
     let mut all = vec![("data", Value::from("data"))];
@@ -25,7 +29,13 @@ fn num(ran: &Ran, name: &str) -> f64 {
 
 fn stories() -> Vec<Example> {
     vec![
-        example("s1", Task::Story, None, "The cat sat on the mat", "the cat sat."),
+        example(
+            "s1",
+            Task::Story,
+            None,
+            "The cat sat on the mat",
+            "the cat sat.",
+        ),
         example("s2", Task::Story, None, "A cat", "sat."),
     ]
 }
@@ -45,7 +55,10 @@ fn stories_score_as_one_set() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ran.file(SCORES_FILE)).unwrap()).unwrap();
     assert_eq!(report["distinct"]["grouping"], "none");
-    assert_eq!(report["lengths"]["histogram"], serde_json::json!([[1, 1], [3, 1]]));
+    assert_eq!(
+        report["lengths"]["histogram"],
+        serde_json::json!([[1, 1], [3, 1]])
+    );
     assert_eq!(report["tokenizer"], "whitespace");
 }
 
@@ -72,7 +85,9 @@ fn qa_sums_distinct_over_contexts() {
 
 #[test]
 fn grouping_needs_groups() {
-    let err = score(&stories(), None, &[("grouping", "group".into())]).err().unwrap();
+    let err = score(&stories(), None, &[("grouping", "group".into())])
+        .err()
+        .unwrap();
     assert!(matches!(err, StageError::Invalid(_)));
     assert!(err.to_string().contains("`s1` has no group"), "{err}");
 }
@@ -80,7 +95,12 @@ fn grouping_needs_groups() {
 #[test]
 fn kl_against_a_reference() {
     let metrics: Value = vec!["kl"].into();
-    let same = score(&stories(), Some(&stories()), &[("metrics", metrics.clone())]).unwrap();
+    let same = score(
+        &stories(),
+        Some(&stories()),
+        &[("metrics", metrics.clone())],
+    )
+    .unwrap();
     assert_eq!(num(&same, "kl_unigram"), 0.0);
     assert!(same.outcome.metrics.get("distinct_5").is_none());
 
@@ -91,19 +111,27 @@ fn kl_against_a_reference() {
         serde_json::from_str(&std::fs::read_to_string(far.file(SCORES_FILE)).unwrap()).unwrap();
     assert_eq!(report["kl"]["alpha"], 0.5);
     assert_eq!(report["kl"]["reference"], "ref");
-    assert!(report["kl"]["variant"].as_str().unwrap().contains("natural log"));
+    assert!(report["kl"]["variant"]
+        .as_str()
+        .unwrap()
+        .contains("natural log"));
 }
 
 #[test]
 fn check_requires_a_reference_for_kl() {
     let p = params(
         &Score,
-        &[("data", "d".into()), ("metrics", vec!["distinct", "kl"].into())],
+        &[
+            ("data", "d".into()),
+            ("metrics", vec!["distinct", "kl"].into()),
+        ],
     );
     let problems = Score.check(&p);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].param, "reference");
-    assert!(Score.check(&params(&Score, &[("data", "d".into())])).is_empty());
+    assert!(Score
+        .check(&params(&Score, &[("data", "d".into())]))
+        .is_empty());
     assert_eq!(Score.threads(&p), Threads::All);
 }
 
@@ -120,7 +148,14 @@ fn real_qa_sample_scores_per_context() {
     );
     let src = run(&Source, &p, BTreeMap::new(), 11, Some(&dir)).unwrap();
     let ins = inputs(vec![("data", src.upstream("qa", vec![]))]);
-    let ran = run(&Score, &params(&Score, &[("data", "qa".into())]), ins, 11, None).unwrap();
+    let ran = run(
+        &Score,
+        &params(&Score, &[("data", "qa".into())]),
+        ins,
+        11,
+        None,
+    )
+    .unwrap();
     assert_eq!(ran.metric("groups"), 4);
     let d = num(&ran, "distinct_5");
     // Four contexts of fairly diverse questions: each value in (0.5, 1].

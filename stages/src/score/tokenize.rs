@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::intern::Interner;
+use super::intern::{IdMap, Interner};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tokenizer {
@@ -36,8 +36,8 @@ impl Tokenizer {
     }
 
     /// Calls `f` with each token of `text`.
-    pub fn for_each(self, text: &str, mut f: impl FnMut(&str)) {
-        for_each_lowered(self, &lowercase(text), |t| f(t));
+    pub fn for_each(self, text: &str, f: impl FnMut(&str)) {
+        for_each_lowered(self, &lowercase(text), f);
     }
 
     pub fn count(self, text: &str) -> usize {
@@ -98,6 +98,8 @@ fn split_bytes<'a>(text: &'a str, is_sep: impl Fn(u8) -> bool, mut f: impl FnMut
 /// chunks it was built in (no copy into one array).
 pub struct Corpus {
     chunks: Vec<Chunk>,
+    /// Position of each chunk's first token among all tokens.
+    chunk_base: Vec<usize>,
     /// Documents per chunk (the last may have fewer).
     per_chunk: usize,
     len: usize,
@@ -113,7 +115,7 @@ struct Chunk {
 
 /// Documents per chunk: small enough that a chunk's vocabulary table stays
 /// in a core's L2 cache (interning is bound by its cache misses).
-const CHUNK_DOCS: usize = 512;
+const CHUNK_DOCS: usize = 2048;
 
 impl Corpus {
     pub fn doc(&self, d: usize) -> &[u32] {
@@ -124,6 +126,24 @@ impl Corpus {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Number of tokens of all documents.
+    pub fn tokens(&self) -> usize {
+        self.chunk_base.last().copied().unwrap_or(0)
+    }
+
+    /// Position of document `d`'s first token among all tokens.
+    pub fn doc_start(&self, d: usize) -> usize {
+        let c = d / self.per_chunk;
+        self.chunk_base[c] + self.chunks[c].offsets[d % self.per_chunk] as usize
+    }
+
+    /// The `n` token ids from position `pos` on (within one chunk).
+    pub fn window(&self, pos: usize, n: usize) -> &[u32] {
+        let c = self.chunk_base.partition_point(|&b| b <= pos) - 1;
+        let at = pos - self.chunk_base[c];
+        &self.chunks[c].ids[at..at + n]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,24 +158,31 @@ impl Corpus {
         fields: impl Fn(&T) -> [&str; 2] + Sync,
         tok: Tokenizer,
     ) -> Self {
-        let t0 = std::time::Instant::now();
         let mut chunks: Vec<Chunk> = docs
             .par_chunks(CHUNK_DOCS)
-            .map(|chunk| Chunk::intern(chunk, &fields, tok))
+            .map_init(
+                || IdMap::with_bits(14),
+                |table, chunk| Chunk::intern(chunk, &fields, tok, table),
+            )
             .collect();
-        let t1 = t0.elapsed();
         let mut global = Interner::default();
         let remaps: Vec<Vec<u32>> = chunks.iter().map(|c| global.merge(&c.vocab)).collect();
-        let t2 = t0.elapsed();
-        chunks.par_iter_mut().zip(remaps).for_each(|(chunk, remap)| {
-            for id in &mut chunk.ids {
-                *id = remap[*id as usize];
-            }
-            chunk.vocab = Interner::default();
-        });
-        if std::env::var_os("DBG").is_some() { eprintln!("intern {t1:?} merge {:?} remap {:?} vocab sum {}", t2 - t1, t0.elapsed() - t2, chunks.len()); }
+        chunks
+            .par_iter_mut()
+            .zip(remaps)
+            .for_each(|(chunk, remap)| {
+                for id in &mut chunk.ids {
+                    *id = remap[*id as usize];
+                }
+                chunk.vocab = Interner::default();
+            });
+        let mut chunk_base = vec![0];
+        for chunk in &chunks {
+            chunk_base.push(chunk_base[chunk_base.len() - 1] + chunk.ids.len());
+        }
         Corpus {
             chunks,
+            chunk_base,
             per_chunk: CHUNK_DOCS,
             len: docs.len(),
             vocab_size: global.len(),
@@ -164,21 +191,26 @@ impl Corpus {
 }
 
 impl Chunk {
-    fn intern<T>(docs: &[T], fields: &impl Fn(&T) -> [&str; 2], tok: Tokenizer) -> Self {
+    fn intern<T>(
+        docs: &[T],
+        fields: &impl Fn(&T) -> [&str; 2],
+        tok: Tokenizer,
+        table: &mut IdMap,
+    ) -> Self {
+        // Room for every token (one per 2 bytes at most) is only address
+        // space: pages never written are never touched.
+        let bytes: usize = docs.iter().flat_map(fields).map(str::len).sum();
         let mut chunk = Chunk {
-            ids: Vec::with_capacity(docs.len() * 32),
+            ids: Vec::with_capacity(bytes / 2 + 2 * docs.len()),
             offsets: Vec::with_capacity(docs.len() + 1),
-            vocab: Interner::default(),
+            vocab: Interner::with_table(std::mem::take(table)),
         };
         chunk.offsets.push(0);
-        let table = match tok {
-            Tokenizer::Whitespace => &WHITESPACE,
-            Tokenizer::Words => &NOT_WORD,
-        };
+        let words = tok == Tokenizer::Words;
         for doc in docs {
             for text in fields(doc) {
                 if text.is_ascii() {
-                    chunk.vocab.ascii_text(text, table, &mut chunk.ids);
+                    chunk.vocab.ascii_text(text, words, &mut chunk.ids);
                 } else {
                     let lower = text.to_lowercase();
                     for_each_lowered(tok, &lower, |t| chunk.ids.push(chunk.vocab.token(t)));
@@ -186,6 +218,7 @@ impl Chunk {
             }
             chunk.offsets.push(chunk.ids.len() as u32);
         }
+        *table = chunk.vocab.take_table();
         chunk
     }
 }
@@ -226,7 +259,10 @@ mod tests {
     #[test]
     fn whitespace_lowercases_and_keeps_punctuation() {
         let t = Tokenizer::Whitespace;
-        assert_eq!(tokens(t, "The  Cat\tsat.\nHome"), ["the", "cat", "sat.", "home"]);
+        assert_eq!(
+            tokens(t, "The  Cat\tsat.\nHome"),
+            ["the", "cat", "sat.", "home"]
+        );
         assert_eq!(tokens(t, "a\u{0B}b"), ["a", "b"]);
         assert_eq!(tokens(t, "Ünïcode\u{00A0}Wörds"), ["ünïcode", "wörds"]);
         assert!(tokens(t, "  ").is_empty());
@@ -235,7 +271,10 @@ mod tests {
     #[test]
     fn words_keeps_letter_and_digit_runs() {
         let t = Tokenizer::Words;
-        assert_eq!(tokens(t, "Don't stop, 2 Go!"), ["don", "t", "stop", "2", "go"]);
+        assert_eq!(
+            tokens(t, "Don't stop, 2 Go!"),
+            ["don", "t", "stop", "2", "go"]
+        );
         assert_eq!(tokens(t, "Café—Zürich 3€"), ["café", "zürich", "3"]);
         assert_eq!(t.count("...!"), 0);
     }

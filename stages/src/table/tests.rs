@@ -44,7 +44,12 @@ fn read_json(ran: &Ran) -> serde_json::Value {
 
 fn column(ran: &Ran, name: &str) -> Vec<serde_json::Value> {
     let t = read_json(ran);
-    t["rows"].as_array().unwrap().iter().map(|r| r[name].clone()).collect()
+    t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[name].clone())
+        .collect()
 }
 
 #[test]
@@ -52,7 +57,10 @@ fn csv_has_instance_bindings_then_scalar_metrics() {
     let ran = table(&[]).unwrap();
     let csv = std::fs::read_to_string(ran.file(CSV_FILE)).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "instance,ratio,size,distinct_5,ok,metric.size,source");
+    assert_eq!(
+        lines[0],
+        "instance,ratio,size,distinct_5,ok,metric.size,source"
+    );
     assert_eq!(
         lines[1],
         "\"score@ratio=0,size=100\",0.0,100,0.5,true,100,\"mirror, v1\""
@@ -69,22 +77,33 @@ fn normalizes_within_groups() {
         ("group_by", vec!["size"].into()),
     ])
     .unwrap();
-    assert_eq!(column(&ran, "distinct_5_norm"), [json!(0.5), json!(1.0), json!(1.0), json!(0.5)]);
+    assert_eq!(
+        column(&ran, "distinct_5_norm"),
+        [json!(0.5), json!(1.0), json!(1.0), json!(0.5)]
+    );
     let csv = std::fs::read_to_string(ran.file(CSV_FILE)).unwrap();
     assert!(csv.lines().next().unwrap().ends_with(",distinct_5_norm"));
 
     // Without group_by: one group, max 1.0.
     let one = table(&[("normalize", vec!["distinct_5"].into())]).unwrap();
-    assert_eq!(column(&one, "distinct_5_norm"), [json!(0.5), json!(1.0), json!(0.8), json!(0.4)]);
+    assert_eq!(
+        column(&one, "distinct_5_norm"),
+        [json!(0.5), json!(1.0), json!(0.8), json!(0.4)]
+    );
     let t = read_json(&one);
     assert_eq!(t["columns"][0], "instance");
 }
 
 #[test]
 fn unknown_columns_are_errors() {
-    let err = table(&[("normalize", vec!["distinct_4"].into())]).err().unwrap();
+    let err = table(&[("normalize", vec!["distinct_4"].into())])
+        .err()
+        .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("`distinct_4`") && msg.contains("distinct_5"), "{msg}");
+    assert!(
+        msg.contains("`distinct_4`") && msg.contains("distinct_5"),
+        "{msg}"
+    );
     let err = table(&[
         ("normalize", vec!["distinct_5"].into()),
         ("group_by", vec!["model"].into()),

@@ -50,23 +50,50 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn hand_computed_values() {
-    let texts = pairs(&[("The cat sat on the mat", "the cat sat."), ("A cat", "sat.")]);
+    let texts = pairs(&[
+        ("The cat sat on the mat", "the cat sat."),
+        ("A cat", "sat."),
+    ]);
     // Example 1: the cat sat on the mat the cat sat. -> bigrams
     //   the-cat cat-sat sat-on on-the the-mat mat-the the-cat cat-sat.
     //   (8, of which "the cat" twice: 7 unique)
     // Example 2: a cat sat. -> a-cat cat-sat. (cat-sat. seen: 1 new)
     // No bigram spans the two examples ("sat. a" is not counted).
     let two = fast(&texts, Tokenizer::Whitespace, 2);
-    assert_eq!(two, NgramCount { unique: 8, total: 10 });
+    assert_eq!(
+        two,
+        NgramCount {
+            unique: 8,
+            total: 10
+        }
+    );
     assert_eq!(two.value(), 0.8);
     // Unigrams: the cat sat on mat sat. a -> 7 unique of 12.
-    assert_eq!(fast(&texts, Tokenizer::Whitespace, 1), NgramCount { unique: 7, total: 12 });
+    assert_eq!(
+        fast(&texts, Tokenizer::Whitespace, 1),
+        NgramCount {
+            unique: 7,
+            total: 12
+        }
+    );
     // `words` drops the period: sat and sat. merge -> 6 unique unigrams.
-    assert_eq!(fast(&texts, Tokenizer::Words, 1), NgramCount { unique: 6, total: 12 });
+    assert_eq!(
+        fast(&texts, Tokenizer::Words, 1),
+        NgramCount {
+            unique: 6,
+            total: 12
+        }
+    );
     // 5-grams: 9 tokens give 5 in example 1, none from the 3-token example 2;
     // all five differ.
     let five = fast(&texts, Tokenizer::Whitespace, 5);
-    assert_eq!(five, NgramCount { unique: 5, total: 5 });
+    assert_eq!(
+        five,
+        NgramCount {
+            unique: 5,
+            total: 5
+        }
+    );
     assert_eq!(five.value(), 1.0);
     // Nothing long enough: 0, not NaN.
     assert_eq!(fast(&texts, Tokenizer::Whitespace, 10).value(), 0.0);
@@ -86,7 +113,9 @@ fn every_key_width_matches_the_reference() {
     let words = ["a", "b", "c", "d", "e", "f", "g"];
     let texts: Vec<(String, String)> = (0..300)
         .map(|i| {
-            let text: Vec<&str> = (0..60).map(|j| words[(i * 7 + j * j + i * j) % 7]).collect();
+            let text: Vec<&str> = (0..60)
+                .map(|j| words[(i * 7 + j * j + i * j) % 7])
+                .collect();
             (text[..30].join(" "), text[30..].join(" "))
         })
         .collect();
@@ -139,7 +168,11 @@ fn real_stories_match_the_reference_exactly() {
     // Other key widths on a subset (u64 keys for n = 2, slices for n = 12).
     let subset = &texts[..3000];
     for n in [1, 2, 3, 8, 12] {
-        assert_eq!(fast(subset, Tokenizer::Whitespace, n), reference(subset, Tokenizer::Whitespace, n), "n = {n}");
+        assert_eq!(
+            fast(subset, Tokenizer::Whitespace, n),
+            reference(subset, Tokenizer::Whitespace, n),
+            "n = {n}"
+        );
     }
 }
 

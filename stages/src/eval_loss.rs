@@ -1,0 +1,173 @@
+//! `eval_loss`: test loss of a model on a dataset (Sec 4.1.2).
+//!
+//! The test loss is the mean token cross-entropy of the targets given the
+//! inputs (the input tokens are masked, as in training; `loss = "all"`
+//! scores every token), averaged over all predicted tokens of the dataset
+//! (not per example). Perplexity is its exponential. The model is the base
+//! model, or the base model plus the LoRA adapter of a `train_lora` stage.
+
+use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
+use flow_train::trainer::{self, Monitor, Stopped};
+
+use crate::dataset::{self, DATA_FILE};
+use crate::train_lora::{
+    encode_all, loss_kind, model_path, other, thread_pool, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
+
+pub struct EvalLoss;
+
+pub const EVAL_FILE: &str = "eval.json";
+
+impl Stage for EvalLoss {
+    fn kind(&self) -> &'static str {
+        "eval_loss"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn about(&self) -> &'static str {
+        "Test loss (mean target-token cross-entropy) and perplexity of a base model, or a base \
+         model plus a `train_lora` adapter, on a dataset"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::input("data", "stage with the test examples").required(),
+            ParamSpec::model("model", "the base model (a `[models.*]` entry)").required(),
+            ParamSpec::input(
+                "adapter",
+                "a `train_lora` stage whose adapter is applied; unset: the base model alone",
+            ),
+            ParamSpec::int(
+                "max_seq_len",
+                "tokens per example at most (prompt cut first)",
+            )
+            .min(2.0)
+            .default(256),
+            ParamSpec::choice(
+                "loss",
+                &["target", "all"],
+                "which tokens are scored: the target only (input masked) or all",
+            )
+            .default("target"),
+            ParamSpec::int("batch_size", "examples per forward pass")
+                .min(1.0)
+                .default(8)
+                .execution(),
+        ]
+    }
+
+    fn threads(&self, _params: &Params) -> Threads {
+        Threads::All
+    }
+
+    fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
+        let loss = loss_kind(ctx.params)?;
+        let max_len = ctx.params.require_int("max_seq_len")? as usize;
+        let batch_size = ctx.params.require_int("batch_size")? as usize;
+        let data_in = ctx.input("data")?;
+        let examples = dataset::read(data_in.file(DATA_FILE)?)?;
+        if examples.is_empty() {
+            return Err(StageError::invalid(format!(
+                "`{}` has no examples to evaluate",
+                data_in.instance
+            )));
+        }
+        let model_name = ctx.params.require_str("model")?.to_string();
+        let path = model_path(ctx, &model_name)?;
+        let device = flow_train::device();
+        let loaded = flow_train::gguf::load(&path, &device).map_err(other)?;
+        let lora = match ctx.params.get("adapter") {
+            Some(_) => {
+                let up = ctx.input("adapter")?;
+                if let Some(base) = up.metrics.get("base_model").and_then(|v| v.as_str()) {
+                    if base != model_name {
+                        return Err(StageError::invalid(format!(
+                            "adapter `{}` was trained on model `{base}`, not `{model_name}`",
+                            up.instance
+                        )));
+                    }
+                }
+                let lora = trainer::load_peft_files(
+                    up.file(ADAPTER_CONFIG)?,
+                    up.file(ADAPTER_WEIGHTS)?,
+                    &device,
+                )
+                .map_err(other)?;
+                Some((up.instance.clone(), lora))
+            }
+            None => None,
+        };
+        let seqs = encode_all(&loaded.tokenizer, &examples, loss, max_len)?;
+        ctx.progress
+            .set_total(seqs.len().div_ceil(batch_size) as u64, "batches");
+        let pool = thread_pool(ctx.threads)?;
+        let monitor = EvalMonitor { ctx: &*ctx };
+        let (sum, count) = pool
+            .install(|| {
+                trainer::eval_sum(
+                    &loaded.model,
+                    lora.as_ref().map(|l| &l.1),
+                    &seqs,
+                    batch_size,
+                    loaded.tokenizer.eos,
+                    &monitor,
+                )
+            })
+            .map_err(|e| {
+                if e.is::<Stopped>() {
+                    StageError::Cancelled
+                } else {
+                    other(e)
+                }
+            })?;
+        if count == 0 {
+            return Err(StageError::invalid("no target tokens to score"));
+        }
+        let test_loss = sum / count as f64;
+        let perplexity = test_loss.exp();
+        let what = match &lora {
+            Some((inst, _)) => format!("{model_name} + adapter of `{inst}`"),
+            None => format!("{model_name} (base)"),
+        };
+        ctx.log(format!(
+            "{what} on {} examples: test loss {test_loss:.4}, perplexity {perplexity:.2}, {count} \
+             tokens",
+            seqs.len()
+        ));
+        let report = serde_json::json!({
+            "model": what,
+            "test_loss": test_loss,
+            "perplexity": perplexity,
+            "tokens": count,
+            "examples": seqs.len(),
+        });
+        let out = ctx.out_path(EVAL_FILE);
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        )
+        .map_err(|e| StageError::io(format!("write {}", out.display()), e))?;
+        Ok(Outcome::default()
+            .output(EVAL_FILE, out)
+            .metric("test_loss", test_loss)
+            .metric("perplexity", perplexity)
+            .metric("tokens", count as u64)
+            .metric("examples", seqs.len() as u64))
+    }
+}
+
+struct EvalMonitor<'a, 'b> {
+    ctx: &'a Context<'b>,
+}
+
+impl Monitor for EvalMonitor<'_, '_> {
+    fn step(&self, _step: usize, _total: usize, _loss: f64, _lr: f64) {
+        self.ctx.progress.advance(1);
+    }
+    fn stop(&self) -> bool {
+        self.ctx.cancel.is_cancelled()
+    }
+}

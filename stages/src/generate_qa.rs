@@ -1,0 +1,219 @@
+//! `generate_qa`: K new QA pairs per NarrativeQA context (Fig. 10), each
+//! request seeded with real pairs of that context. Requests ask for
+//! `per_request` pairs; a context is asked again until it has K distinct new
+//! pairs or its request budget is spent.
+
+use std::collections::{BTreeMap, HashSet};
+
+use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
+use flow_generate::Message;
+
+use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
+use crate::generation::{common_params, fill, strip_marker, Gen};
+use crate::seeds::item_hash;
+
+pub const DEFAULT_PROMPT: &str = "Read this story summary.\n\n{context}\n\nHere are questions \
+about the summary with their answers:\n\n{examples}\n\nWrite {n} new questions about the \
+summary, different from the ones above, each with a short answer taken from the summary. Use \
+exactly this format for every pair:\nQ: <question>\nA: <answer>";
+
+pub struct GenerateQa;
+
+/// (question, answer) pairs in `Q: ... / A: ...` form.
+pub fn parse_qa(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut q: Option<String> = None;
+    for line in text.lines() {
+        let l = strip_marker(line);
+        let lower = l.to_lowercase();
+        let after = |prefixes: &[&str]| {
+            prefixes.iter().find_map(|p| {
+                lower
+                    .starts_with(p)
+                    .then(|| l[p.len()..].trim().to_string())
+            })
+        };
+        if let Some(x) = after(&["q:", "question:"]) {
+            q = (!x.is_empty()).then_some(x);
+        } else if let Some(a) = after(&["a:", "answer:"]) {
+            if let Some(qq) = q.take() {
+                if !a.is_empty() && qq.len() <= 300 && a.len() <= 300 {
+                    out.push((qq, a));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Stage for GenerateQa {
+    fn kind(&self) -> &'static str {
+        "generate_qa"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "K new QA pairs per NarrativeQA context, seeded with real pairs of that context (Fig. 10)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = common_params();
+        p.extend([
+            ParamSpec::input(
+                "contexts",
+                "stage with real QA pairs (their contexts and seeds)",
+            )
+            .required(),
+            ParamSpec::int("k", "K: new pairs per context")
+                .min(1.0)
+                .default(30),
+            ParamSpec::int(
+                "max_contexts",
+                "use at most this many contexts; default all",
+            )
+            .min(1.0),
+            ParamSpec::int("seed_pairs", "real pairs shown per request")
+                .min(0.0)
+                .default(3),
+            ParamSpec::int("per_request", "pairs asked for per request")
+                .min(1.0)
+                .default(5),
+            ParamSpec::int(
+                "context_chars",
+                "the summary is cut to this many characters",
+            )
+            .min(100.0)
+            .default(2500),
+            ParamSpec::int("max_tokens", "most tokens per answer")
+                .min(1.0)
+                .default(300),
+            ParamSpec::string(
+                "prompt",
+                "the request; `{context}`, `{examples}`, `{n}` are filled in",
+            )
+            .default(DEFAULT_PROMPT),
+        ]);
+        p
+    }
+    fn threads(&self, _: &Params) -> Threads {
+        Threads::All
+    }
+    fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
+        let k = ctx.params.require_int("k")? as usize;
+        let n_seed = ctx.params.require_int("seed_pairs")? as usize;
+        let per = ctx.params.require_int("per_request")? as usize;
+        let chars = ctx.params.require_int("context_chars")? as usize;
+        let max_tokens = ctx.params.require_int("max_tokens")? as usize;
+        let prompt = ctx.params.require_str("prompt")?.to_string();
+        let max_attempts = ctx.params.int("max_attempts").unwrap_or(3) as usize;
+        let real = dataset::read(ctx.input("contexts")?.file(DATA_FILE)?)?;
+        let mut groups: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+        for e in real.into_iter().filter(|e| e.task == Task::Qa) {
+            if let Some(g) = e.group.clone() {
+                groups.entry(g).or_default().push(e);
+            }
+        }
+        let seed = ctx.seed;
+        let mut order: Vec<String> = groups.keys().cloned().collect();
+        order.sort_by_key(|g| item_hash(seed, "qa/contexts", g));
+        if let Some(m) = ctx.params.int("max_contexts") {
+            order.truncate(m as usize);
+        }
+        let mut gen = Gen::open(ctx)?;
+        ctx.progress.set_total((order.len() * k) as u64, "pairs");
+        let budget = k.div_ceil(per) * max_attempts;
+        let mut out = Vec::new();
+        for g in &order {
+            let pairs = &groups[g];
+            let context: String = pairs[0]
+                .context
+                .clone()
+                .unwrap_or_default()
+                .chars()
+                .take(chars)
+                .collect();
+            let mut seen: HashSet<String> = pairs.iter().map(|e| e.input.to_lowercase()).collect();
+            let mut got: Vec<(String, String)> = Vec::new();
+            let mut requests = 0;
+            while got.len() < k && requests < budget {
+                let mut shown: Vec<&Example> = pairs.iter().collect();
+                shown.sort_by_key(|e| item_hash(seed, &format!("qa/seeds/{requests}"), &e.id));
+                let examples = shown
+                    .iter()
+                    .take(n_seed)
+                    .map(|e| format!("Q: {}\nA: {}", e.input.trim(), e.target.trim()))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let text = fill(
+                    &prompt,
+                    &[
+                        ("context", &context),
+                        ("examples", &examples),
+                        ("n", &per.to_string()),
+                    ],
+                );
+                let c = gen.ask(
+                    vec![Message::user(text)],
+                    &format!("qa/{g}/{requests}"),
+                    0,
+                    Some(max_tokens),
+                )?;
+                if requests > 0 {
+                    gen.counts.retried += 1;
+                }
+                requests += 1;
+                for (q, a) in parse_qa(&c.text) {
+                    if got.len() < k && seen.insert(q.to_lowercase()) {
+                        got.push((q, a));
+                        ctx.progress.advance(1);
+                    }
+                }
+                ctx.progress.message(&gen.progress_line());
+            }
+            gen.counts.asked += k as u64;
+            gen.counts.got += got.len() as u64;
+            gen.counts.dropped += (k - got.len()) as u64;
+            for (j, (q, a)) in got.into_iter().enumerate() {
+                out.push(Example {
+                    id: format!("gen-qa-{g}-{j}"),
+                    task: Task::Qa,
+                    group: Some(g.clone()),
+                    context: pairs[0].context.clone(),
+                    input: q,
+                    target: a,
+                    origin: Origin::Generated,
+                    alt_targets: vec![],
+                    extra: Default::default(),
+                });
+            }
+        }
+        ctx.log(format!("{} contexts: {}", order.len(), gen.progress_line()));
+        gen.check_yield(ctx)?;
+        let path = ctx.out_path(DATA_FILE);
+        dataset::write(&path, &out)?;
+        Ok(gen
+            .metrics(Outcome::default().output(DATA_FILE, path))
+            .metric("n", out.len() as u64)
+            .metric("contexts", order.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qa_pairs_are_parsed() {
+        let p = parse_qa(
+            "Sure!\nQ: Who is Tom?\nA: A farmer.\n\n2. Question: Where does he live?\nAnswer: \
+             In Ohio.\nQ: dangling",
+        );
+        assert_eq!(
+            p,
+            vec![
+                ("Who is Tom?".to_string(), "A farmer.".to_string()),
+                ("Where does he live?".to_string(), "In Ohio.".to_string())
+            ]
+        );
+    }
+}

