@@ -37,7 +37,7 @@ pub fn key_params(
         };
         let v = match &spec.ty {
             ParamType::Model => resource_content(v, &resources.models),
-            ParamType::Generator => resource_content(v, &resources.generators),
+            ParamType::Generator => generator_content(v, resources),
             ParamType::Table(fields) => strip_table(v, fields),
             _ => v.clone(),
         };
@@ -60,6 +60,27 @@ fn resource_content(name: &Value, pool: &BTreeMap<String, BTreeMap<String, Value
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     )
+}
+
+/// A generator stands for its contents, and a local generator's `model`
+/// (the name of a `[models.*]` entry) for that entry's contents, so editing
+/// the model invalidates what it generated.
+fn generator_content(name: &Value, resources: &Resources) -> Value {
+    let mut content = resource_content(name, &resources.generators);
+    if let Value::Table(map) = &mut content {
+        if let Some(model) = map.get("model").cloned() {
+            if model
+                .as_str()
+                .is_some_and(|m| resources.models.contains_key(m))
+            {
+                map.insert(
+                    "model".to_string(),
+                    resource_content(&model, &resources.models),
+                );
+            }
+        }
+    }
+    content
 }
 
 /// Resource fields that never change results: how to reach an endpoint and

@@ -513,8 +513,7 @@ impl<'r, 'd> Loader<'r, 'd> {
             };
             let mut overrides = Vec::new();
             for (fkey, fvalue) in fields {
-                let segments: Vec<String> =
-                    fkey.get_ref().split('.').map(str::to_string).collect();
+                let segments: Vec<String> = fkey.get_ref().split('.').map(str::to_string).collect();
                 self.flatten_override(m, &path, &segments, fkey.span(), fvalue, &mut overrides);
             }
             m.profiles.insert(profile, overrides);

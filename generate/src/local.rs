@@ -188,7 +188,7 @@ impl LocalGenerator {
         let mut finish = Finish::Length;
         let mut text = String::new();
         let mut forwards = 0u64;
-        while max_new > 0 {
+        while out.len() < max_new {
             if self.eos.contains(&next) {
                 finish = Finish::Eos;
                 break;

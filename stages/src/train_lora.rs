@@ -267,7 +267,7 @@ impl Monitor for StageMonitor<'_, '_> {
     }
 }
 
-pub(crate) fn other(e: anyhow::Error) -> StageError {
+pub(crate) fn other(e: impl std::fmt::Display) -> StageError {
     StageError::Other(format!("{e:#}"))
 }
 
@@ -331,12 +331,15 @@ pub(crate) fn loss_kind(params: &Params) -> Result<Loss, StageError> {
     })
 }
 
+/// Token ids and per-token target flags of each example.
+pub(crate) type Seqs = Vec<(Vec<u32>, Vec<bool>)>;
+
 pub(crate) fn encode_all(
     tok: &flow_train::gguf::Tokenizer,
     examples: &[Example],
     loss: Loss,
     max_len: usize,
-) -> Result<Vec<(Vec<u32>, Vec<bool>)>, StageError> {
+) -> Result<Seqs, StageError> {
     examples
         .iter()
         .map(|e| {
@@ -377,27 +380,19 @@ pub(crate) fn model_path(ctx: &mut Context<'_>, name: &str) -> Result<PathBuf, S
 /// The one `.gguf` file in `dir` or one level below (tests).
 #[cfg(test)]
 fn find_gguf(dir: &std::path::Path) -> Option<PathBuf> {
-    let mut found = Vec::new();
-    let mut scan = |d: &std::path::Path| {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().and_then(|x| x.to_str()) == Some("gguf") && p.is_file() {
-                    found.push(p);
-                }
-            }
-        }
-    };
-    scan(dir);
-    if found.is_empty() {
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                if e.path().is_dir() {
-                    scan(&e.path());
-                }
+    fn scan(d: &std::path::Path, found: &mut Vec<PathBuf>, depth: usize) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && depth > 0 {
+                scan(&p, found, depth - 1);
+            } else if p.extension().and_then(|x| x.to_str()) == Some("gguf") && p.is_file() {
+                found.push(p);
             }
         }
     }
+    let mut found = Vec::new();
+    scan(dir, &mut found, 1);
     (found.len() == 1).then(|| found.remove(0))
 }
 

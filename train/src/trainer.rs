@@ -272,7 +272,10 @@ pub fn train(
             report.losses.push((step, step_loss));
             monitor.step(step, total, step_loss, lr);
             if let Some(dir) = work_dir {
-                if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total {
+                if cfg.checkpoint_every > 0
+                    && step.is_multiple_of(cfg.checkpoint_every)
+                    && step < total
+                {
                     save(&dir.join(CKPT), step, &vars, &adam, &report)?;
                 }
             }

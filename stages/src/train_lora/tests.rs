@@ -134,7 +134,7 @@ fn a_missing_model_is_explained() {
     .unwrap()
     .to_string();
     assert!(
-        err.contains("cannot find the weights of model `smollm2`"),
+        err.contains("smollm2") && err.contains("nope.gguf"),
         "{err}"
     );
 }
