@@ -260,13 +260,22 @@ pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
         cur.push(c);
-        let end = matches!(c, '.' | '!' | '?')
-            && chars
-                .get(i + 1)
-                .is_none_or(|n| n.is_whitespace() || *n == '"');
-        if end {
+        i += 1;
+        if !matches!(c, '.' | '!' | '?') {
+            continue;
+        }
+        // A closing quote after the punctuation belongs to the sentence.
+        let mut j = i;
+        while j < chars.len() && matches!(chars[j], '"' | '\u{201d}' | '\'') {
+            j += 1;
+        }
+        if chars.get(j).is_none_or(|n| n.is_whitespace()) {
+            cur.extend(&chars[i..j]);
+            i = j;
             let s = cur.trim().to_string();
             if !s.is_empty() {
                 out.push(s);
@@ -305,6 +314,7 @@ mod tests {
         assert_eq!(s[0], "Tom ran.");
         assert_eq!(s[1], "He fell!");
         assert_eq!(s[2], "Why?");
+        assert_eq!(s[s.len() - 2], "\"Yes.\"");
         assert_eq!(s.last().unwrap(), "done");
     }
 
