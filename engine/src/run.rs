@@ -384,6 +384,20 @@ fn execute(
         _ => {}
     }
 
+    // Status trusts an object's (size, mtime) stamp; what a stage reads is
+    // rehashed in full first. A damaged input is removed so the next run
+    // recomputes it.
+    for (u, record) in upstream {
+        for (name, out) in &record.outputs {
+            if let ObjectState::Corrupt { .. } = session.cache.check_object(&out.hash) {
+                let _ = session.cache.remove_object(&out.hash);
+                return fail(format!(
+                    "input `{}` output `{name}` is corrupt in the cache; it was removed, run again to recompute it",
+                    session.plan.instances[*u].name
+                ));
+            }
+        }
+    }
     let stage = session.stage_of(inst);
     let out_dir = match session.cache.temp_dir() {
         Ok(d) => d,
