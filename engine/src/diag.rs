@@ -34,6 +34,20 @@ impl Diagnostic {
         self
     }
 
+    /// Adds "did you mean `x`?" when a candidate is close to `given`, else
+    /// `otherwise` (e.g. the list of valid names).
+    pub fn suggest_or<'a>(
+        self,
+        given: &str,
+        candidates: impl IntoIterator<Item = &'a str>,
+        otherwise: impl FnOnce() -> String,
+    ) -> Self {
+        match near_miss(given, candidates) {
+            Some(near) => self.with_help(format!("did you mean `{near}`?")),
+            None => self.with_help(otherwise()),
+        }
+    }
+
     /// Adds "did you mean `x`?" when a candidate is close to `given`.
     pub fn suggest<'a>(
         mut self,

@@ -18,7 +18,7 @@ use petgraph::graph::DiGraph;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::diag::{near_miss, Diagnostic, ManifestErrors};
+use crate::diag::{Diagnostic, ManifestErrors};
 use crate::schema::{quote_list, ParamSpec, ParamType};
 use crate::stage::Registry;
 use crate::value::Value;
@@ -197,14 +197,10 @@ impl<'r, 'd> Loader<'r, 'd> {
                 "generators" => m.generators = self.resources("generators", value),
                 "stages" => stages_raw = self.table("stages", value),
                 other => {
-                    let d = Diagnostic::new(other, span, format!("unknown section `{other}`"))
-                        .suggest(other, TOP_KEYS.iter().copied());
-                    let d = if d.help.is_none() {
-                        d.with_help(format!("sections are {}", quote_list(TOP_KEYS)))
-                    } else {
-                        d
-                    };
-                    self.err(d);
+                    let d = Diagnostic::new(other, span, format!("unknown section `{other}`"));
+                    self.err(d.suggest_or(other, TOP_KEYS.iter().copied(), || {
+                        format!("sections are {}", quote_list(TOP_KEYS))
+                    }));
                 }
             }
         }
@@ -431,11 +427,9 @@ impl<'r, 'd> Loader<'r, 'd> {
                             v.span.clone(),
                             format!("unknown stage kind `{k}`"),
                         );
-                        let d = match near_miss(k, kinds.iter().copied()) {
-                            Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                            None => d.with_help(format!("kinds are {}", quote_list(&kinds))),
-                        };
-                        self.err(d);
+                        self.err(d.suggest_or(k, kinds.iter().copied(), || {
+                            format!("kinds are {}", quote_list(&kinds))
+                        }));
                     }
                     other => self.err(type_error(
                         &format!("{path}.kind"),
@@ -475,15 +469,13 @@ impl<'r, 'd> Loader<'r, 'd> {
                                     decl.kind
                                 ),
                             );
-                            let d = match near_miss(&fname, names) {
-                                Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                                None => d.with_help(format!(
+                            self.err(d.suggest_or(&fname, names, || {
+                                format!(
                                     "`{}` takes {}",
                                     decl.kind,
                                     quote_list(&specs.iter().map(|s| s.name).collect::<Vec<_>>())
-                                )),
-                            };
-                            self.err(d);
+                                )
+                            }));
                         }
                     },
                 }
@@ -801,13 +793,9 @@ impl<'r, 'd> Loader<'r, 'd> {
                                     span,
                                     format!("no stage named `{target}`"),
                                 );
-                                let d = match near_miss(&target, names.iter().copied()) {
-                                    Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                                    None => {
-                                        d.with_help(format!("stages are {}", quote_list(&names)))
-                                    }
-                                };
-                                self.err(d);
+                                self.err(d.suggest_or(&target, names.iter().copied(), || {
+                                    format!("stages are {}", quote_list(&names))
+                                }));
                             }
                         }
                         ParamType::Model | ParamType::Generator => {
@@ -822,13 +810,10 @@ impl<'r, 'd> Loader<'r, 'd> {
                                     span,
                                     format!("no `[{section}.{target}]` in this manifest"),
                                 );
-                                let d = match near_miss(&target, pool.keys().map(String::as_str)) {
-                                    Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                                    None => {
-                                        d.with_help(format!("add a `[{section}.{target}]` section"))
-                                    }
-                                };
-                                self.err(d);
+                                let keys = pool.keys().map(String::as_str);
+                                self.err(d.suggest_or(&target, keys, || {
+                                    format!("add a `[{section}.{target}]` section")
+                                }));
                             }
                         }
                         _ => {}
