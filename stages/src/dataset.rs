@@ -60,6 +60,22 @@ pub struct Example {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Reads an upstream stage's `data.jsonl`, which must hold at least one
+/// example: `purpose` ends the error, e.g. "to train on".
+pub fn read_nonempty(
+    upstream: &flow_engine::Upstream,
+    purpose: &str,
+) -> Result<Vec<Example>, StageError> {
+    let examples = read(upstream.file(DATA_FILE)?)?;
+    if examples.is_empty() {
+        return Err(StageError::invalid(format!(
+            "`{}` has no examples {purpose}",
+            upstream.instance
+        )));
+    }
+    Ok(examples)
+}
+
 /// Reads a dataset; errors name the file and the line.
 pub fn read(path: &Path) -> Result<Vec<Example>, StageError> {
     let file =

@@ -9,7 +9,7 @@
 use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
 use flow_train::trainer::{self, Monitor, Stopped};
 
-use crate::dataset::{self, DATA_FILE};
+use crate::dataset;
 use crate::train_lora::{
     encode_all, loss_kind, model_path, other, thread_pool, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
@@ -67,14 +67,7 @@ impl Stage for EvalLoss {
         let loss = loss_kind(ctx.params)?;
         let max_len = ctx.params.require_int("max_seq_len")? as usize;
         let batch_size = ctx.params.require_int("batch_size")? as usize;
-        let data_in = ctx.input("data")?;
-        let examples = dataset::read(data_in.file(DATA_FILE)?)?;
-        if examples.is_empty() {
-            return Err(StageError::invalid(format!(
-                "`{}` has no examples to evaluate",
-                data_in.instance
-            )));
-        }
+        let examples = dataset::read_nonempty(ctx.input("data")?, "to evaluate")?;
         let model_name = ctx.params.require_str("model")?.to_string();
         let path = model_path(ctx, &model_name)?;
         let device = flow_train::device();

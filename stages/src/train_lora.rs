@@ -22,7 +22,7 @@ use flow_train::data::{self, Loss, Text};
 use flow_train::llama::LoraConfig;
 use flow_train::trainer::{self, Monitor, Schedule, Stopped, TrainConfig};
 
-use crate::dataset::{self, Example, DATA_FILE};
+use crate::dataset::{self, Example};
 
 pub struct TrainLora;
 
@@ -161,14 +161,7 @@ impl Stage for TrainLora {
         let cfg = train_config(ctx.params, ctx.seed)?;
         let loss = loss_kind(ctx.params)?;
         let max_len = ctx.params.require_int("max_seq_len")? as usize;
-        let data_in = ctx.input("data")?;
-        let examples = dataset::read(data_in.file(DATA_FILE)?)?;
-        if examples.is_empty() {
-            return Err(StageError::invalid(format!(
-                "`{}` has no examples to train on",
-                data_in.instance
-            )));
-        }
+        let examples = dataset::read_nonempty(ctx.input("data")?, "to train on")?;
         let model_name = ctx.params.require_str("model")?.to_string();
         let path = model_path(ctx, &model_name)?;
         let pool = thread_pool(ctx.threads)?;
