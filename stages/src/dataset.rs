@@ -112,6 +112,12 @@ pub fn write(path: &Path, examples: &[Example]) -> Result<(), StageError> {
 }
 
 /// The task all examples share, or an error naming both tasks found.
+/// The task all `examples` share, as a metric value for figures (`None`
+/// when they are empty or mixed).
+pub fn task_name(examples: &[Example]) -> Option<&'static str> {
+    common_task(examples, "").ok().flatten().map(Task::as_str)
+}
+
 pub fn common_task(examples: &[Example], what: &str) -> Result<Option<Task>, StageError> {
     let Some(first) = examples.first() else {
         return Ok(None);

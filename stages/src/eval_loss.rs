@@ -6,7 +6,9 @@
 //! (not per example). Perplexity is its exponential. The model is the base
 //! model, or the base model plus the LoRA adapter of a `train_lora` stage.
 
-use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
+use flow_engine::{
+    Context, Outcome, ParamProblem, ParamSpec, Params, Stage, StageError, Threads, Value,
+};
 use flow_train::trainer::{self, Monitor, Stopped};
 
 use crate::dataset;
@@ -35,7 +37,10 @@ impl Stage for EvalLoss {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::input("data", "stage with the test examples").required(),
-            ParamSpec::model("model", "the base model (a `[models.*]` entry)").required(),
+            ParamSpec::model(
+                "model",
+                "the base model (a `[models.*]` entry); default: the adapter's",
+            ),
             ParamSpec::input(
                 "adapter",
                 "a `train_lora` stage whose adapter is applied; unset: the base model alone",
@@ -59,6 +64,16 @@ impl Stage for EvalLoss {
         ]
     }
 
+    fn check(&self, params: &Params) -> Vec<ParamProblem> {
+        if params.get("model").is_none() && params.get("adapter").is_none() {
+            return vec![ParamProblem::new(
+                "model",
+                "is required when no `adapter` is given (the base model to evaluate)",
+            )];
+        }
+        Vec::new()
+    }
+
     fn threads(&self, _params: &Params) -> Threads {
         Threads::All
     }
@@ -68,7 +83,10 @@ impl Stage for EvalLoss {
         let max_len = ctx.params.require_int("max_seq_len")? as usize;
         let batch_size = ctx.params.require_int("batch_size")? as usize;
         let examples = dataset::read_nonempty(ctx.input("data")?, "to evaluate")?;
-        let model_name = ctx.params.require_str("model")?.to_string();
+        let model_name = match ctx.params.get("model").and_then(Value::as_str) {
+            Some(m) => m.to_string(),
+            None => adapter_base(ctx)?,
+        };
         let path = model_path(ctx, &model_name)?;
         let device = flow_train::device();
         let loaded = flow_train::gguf::load(&path, &device).map_err(other)?;
@@ -148,8 +166,25 @@ impl Stage for EvalLoss {
             .metric("test_loss", test_loss)
             .metric("perplexity", perplexity)
             .metric("tokens", count as u64)
-            .metric("examples", seqs.len() as u64))
+            .metric("examples", seqs.len() as u64)
+            .metric("task", dataset::task_name(&examples)))
     }
+}
+
+/// The `[models.*]` entry an adapter was trained on, so that a grid over
+/// models fans out once, in `train_lora`.
+fn adapter_base(ctx: &Context<'_>) -> Result<String, StageError> {
+    let up = ctx.input("adapter")?;
+    up.metrics
+        .get("base_model")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            StageError::invalid(format!(
+                "adapter `{}` does not say which model it was trained on; set `model`",
+                up.instance
+            ))
+        })
 }
 
 struct EvalMonitor<'a, 'b> {

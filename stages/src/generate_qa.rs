@@ -9,7 +9,7 @@ use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Thread
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
-use crate::generation::{common_params, fill, strip_marker, Gen};
+use crate::generation::{common_params, fill, strip_marker, Gen, Job};
 use crate::seeds::item_hash;
 
 pub const DEFAULT_PROMPT: &str = "Read this story summary.\n\n{context}\n\nHere are questions \
@@ -122,58 +122,102 @@ impl Stage for GenerateQa {
         let mut gen = Gen::open(ctx)?;
         ctx.progress.set_total((order.len() * k) as u64, "pairs");
         let budget = k.div_ceil(per) * max_attempts;
-        let mut out = Vec::new();
-        for g in &order {
-            let pairs = &groups[g];
-            let context: String = pairs[0]
-                .context
-                .clone()
-                .unwrap_or_default()
-                .chars()
-                .take(chars)
-                .collect();
-            let mut seen: HashSet<String> = pairs.iter().map(|e| e.input.to_lowercase()).collect();
-            let mut got: Vec<(String, String)> = Vec::new();
-            let mut requests = 0;
-            while got.len() < k && requests < budget {
-                let mut shown: Vec<&Example> = pairs.iter().collect();
-                shown.sort_by_key(|e| item_hash(seed, &format!("qa/seeds/{requests}"), &e.id));
-                let examples = shown
-                    .iter()
-                    .take(n_seed)
-                    .map(|e| format!("Q: {}\nA: {}", e.input.trim(), e.target.trim()))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let text = fill(
-                    &prompt,
-                    &[
-                        ("context", &context),
-                        ("examples", &examples),
-                        ("n", &per.to_string()),
-                    ],
-                );
-                let c = gen.ask(
-                    vec![Message::user(text)],
-                    &format!("qa/{g}/{requests}"),
-                    0,
-                    Some(max_tokens),
-                )?;
-                if requests > 0 {
+        // Per context: its summary, the questions seen, the new pairs, and
+        // how many of its requests have been read (request r is seeded by
+        // its id `qa/{g}/{r}` and shows the seed pairs of ranking r).
+        struct State {
+            context: String,
+            seen: HashSet<String>,
+            got: Vec<(String, String)>,
+            requests: usize,
+        }
+        let mut states: Vec<State> = order
+            .iter()
+            .map(|g| {
+                let pairs = &groups[g];
+                State {
+                    context: pairs[0]
+                        .context
+                        .clone()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(chars)
+                        .collect(),
+                    seen: pairs.iter().map(|e| e.input.to_lowercase()).collect(),
+                    got: Vec::new(),
+                    requests: 0,
+                }
+            })
+            .collect();
+        // Rounds: every unfinished context asks, at once, as many requests as
+        // could finish it; answers are read per context in request order,
+        // exactly as if asked one by one, so the pairs do not depend on the
+        // concurrency. Answers left unread stay in the journal.
+        loop {
+            let mut jobs: Vec<(usize, Job)> = Vec::new();
+            for (ci, (g, st)) in order.iter().zip(&states).enumerate() {
+                if st.got.len() >= k || st.requests >= budget {
+                    continue;
+                }
+                let want = (k - st.got.len()).div_ceil(per).min(budget - st.requests);
+                for r in st.requests..st.requests + want {
+                    let mut shown: Vec<&Example> = groups[g].iter().collect();
+                    shown.sort_by_key(|e| item_hash(seed, &format!("qa/seeds/{r}"), &e.id));
+                    let examples = shown
+                        .iter()
+                        .take(n_seed)
+                        .map(|e| format!("Q: {}\nA: {}", e.input.trim(), e.target.trim()))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    let text = fill(
+                        &prompt,
+                        &[
+                            ("context", &st.context),
+                            ("examples", &examples),
+                            ("n", &per.to_string()),
+                        ],
+                    );
+                    jobs.push((
+                        ci,
+                        Job::new(
+                            format!("qa/{g}/{r}"),
+                            vec![Message::user(text)],
+                            Some(max_tokens),
+                        ),
+                    ));
+                }
+            }
+            if jobs.is_empty() {
+                break;
+            }
+            let asks: Vec<(&Job, u32)> = jobs.iter().map(|(_, j)| (j, 0)).collect();
+            let answers = gen.ask_batch(ctx, &asks, |_, _| {})?;
+            for ((ci, _), answer) in jobs.iter().zip(answers) {
+                let st = &mut states[*ci];
+                if st.got.len() >= k {
+                    continue;
+                }
+                if st.requests > 0 {
                     gen.counts.retried += 1;
                 }
-                requests += 1;
+                st.requests += 1;
+                let Some(c) = answer else { continue };
                 for (q, a) in parse_qa(&c.text) {
-                    if got.len() < k && seen.insert(q.to_lowercase()) {
-                        got.push((q, a));
+                    if st.got.len() < k && st.seen.insert(q.to_lowercase()) {
+                        st.got.push((q, a));
                         ctx.progress.advance(1);
                     }
                 }
-                ctx.progress.message(&gen.progress_line());
             }
+            ctx.progress.message(&gen.progress_line());
+        }
+        let mut out = Vec::new();
+        for (g, st) in order.iter().zip(states) {
+            let pairs = &groups[g];
             gen.counts.asked += k as u64;
-            gen.counts.got += got.len() as u64;
-            gen.counts.dropped += (k - got.len()) as u64;
-            for (j, (q, a)) in got.into_iter().enumerate() {
+            gen.counts.got += st.got.len() as u64;
+            gen.counts.dropped += (k - st.got.len()) as u64;
+            for (j, (q, a)) in st.got.into_iter().enumerate() {
                 out.push(Example {
                     id: format!("gen-qa-{g}-{j}"),
                     task: Task::Qa,

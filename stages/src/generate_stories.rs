@@ -11,7 +11,7 @@ use flow_engine::{Context, Outcome, ParamProblem, ParamSpec, Params, Stage, Stag
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
-use crate::generation::{common_params, fill, sentences, Gen};
+use crate::generation::{common_params, fill, sentences, Gen, Job};
 use crate::seeds::item_hash;
 use crate::topics::TOPICS_FILE;
 
@@ -134,7 +134,8 @@ impl Stage for GenerateStories {
 
         let mut gen = Gen::open(ctx)?;
         ctx.progress.set_total(count as u64, "stories");
-        let mut out = Vec::new();
+        let mut topics = Vec::with_capacity(count);
+        let mut jobs = Vec::with_capacity(count);
         for i in 0..count {
             let topic =
                 &subset[(item_hash(seed, "stories/topic", &i.to_string()) % m_t as u64) as usize];
@@ -154,16 +155,22 @@ impl Stage for GenerateStories {
                 .collect::<Vec<_>>()
                 .join("\n\n");
             let text = fill(&prompt, &[("examples", &examples), ("topic", topic)]);
-            let parsed = gen.item(
-                ctx,
+            topics.push(topic.clone());
+            jobs.push(Job::new(
+                format!("story/{i}"),
                 vec![Message::user(text)],
-                &format!("story/{i}"),
                 Some(max_tokens),
-                parse_story,
-            )?;
+            ));
+        }
+        // All stories at once (as many in flight as the backend allows);
+        // each one's seed depends on its index only, so the order the
+        // answers come in changes nothing.
+        let parsed = gen.items(ctx, &jobs, |_, text| parse_story(text))?;
+        let mut out = Vec::new();
+        for (i, (parsed, topic)) in parsed.into_iter().zip(topics).enumerate() {
             if let Some((input, target)) = parsed {
                 let mut extra = serde_json::Map::new();
-                extra.insert("topic".into(), topic.clone().into());
+                extra.insert("topic".into(), topic.into());
                 out.push(Example {
                     id: format!("gen-story-{i}"),
                     task: Task::Story,
@@ -176,8 +183,6 @@ impl Stage for GenerateStories {
                     extra,
                 });
             }
-            ctx.progress.advance(1);
-            ctx.progress.message(&gen.progress_line());
         }
         ctx.log(format!("m_t = {m_t}: {}", gen.progress_line()));
         gen.check_yield(ctx)?;

@@ -4,6 +4,8 @@
 
 pub mod data;
 pub mod dataset;
+pub mod embed;
+pub mod embed_kl;
 pub mod eval_loss;
 pub mod generate_qa;
 pub mod generate_stories;
@@ -11,14 +13,17 @@ pub mod generation;
 pub mod mix;
 pub mod params;
 pub mod paraphrase;
+pub mod plot;
 pub mod replace;
 pub mod resources;
 pub mod score;
 pub mod seeds;
 pub mod source;
+pub mod subset;
 pub mod table;
 pub mod topics;
 pub mod train_lora;
+pub mod tsne;
 
 #[cfg(test)]
 mod testutil;
@@ -42,4 +47,9 @@ pub fn register_all(registry: &mut flow_engine::Registry) {
     registry.register(replace::Replace);
     registry.register(train_lora::TrainLora);
     registry.register(eval_loss::EvalLoss);
+    registry.register(plot::Plot);
+    registry.register(subset::Subset);
+    registry.register(embed::Embed);
+    registry.register(embed_kl::EmbedKl);
+    registry.register(tsne::Tsne);
 }

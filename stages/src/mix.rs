@@ -1,7 +1,7 @@
 //! `mix`: real and generated examples at a generated share rho (Eq. 7).
 //!
-//! fixed:    n examples in all (default |real|): round(rho * n) generated,
-//!           the rest real (Fig. 5: the size stays that of the real subset).
+//! fixed:    n examples in all (default |real|, or the smaller side): round(rho * n)
+//!           generated, the rest real (Fig. 5: the size stays that of the real subset).
 //! variable: every real example, plus round(rho / (1 - rho) * |real|)
 //!           generated, so that |gen| / (|real| + |gen|) = rho (Fig. 6, 7).
 //!
@@ -72,9 +72,16 @@ impl Stage for Mix {
             .default("fixed"),
             ParamSpec::int(
                 "size",
-                "fixed mode: total number of examples; default |real|",
+                "fixed mode: total number of examples; default: see `default_size`",
             )
             .min(1.0),
+            ParamSpec::choice(
+                "default_size",
+                &["real", "smaller"],
+                "fixed mode without `size`: |real|, or the smaller side, so that every ratio \
+                 from 0 to 1 fits (generation may yield fewer examples than asked)",
+            )
+            .default("real"),
         ]
     }
 
@@ -120,6 +127,12 @@ impl Stage for Mix {
             }
         }
 
+        let size = match size {
+            None if ctx.params.str("default_size") == Some("smaller") => {
+                Some(real.len().min(generated.len()))
+            }
+            given => given,
+        };
         let want = counts(ratio, variable, size, real.len());
         let mode = if variable { "variable" } else { "fixed" };
         for (side, need, have, instance) in [

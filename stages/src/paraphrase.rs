@@ -13,7 +13,7 @@ use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Thread
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Task, DATA_FILE};
-use crate::generation::{common_params, fill, strip_marker, Gen};
+use crate::generation::{common_params, fill, strip_marker, Gen, Job};
 use crate::seeds::item_hash;
 
 pub const DEFAULT_PROMPT: &str = "Here is a question about a story, with its answer:\nQ: \
@@ -109,7 +109,9 @@ impl Stage for Paraphrase {
         let mut gen = Gen::open(ctx)?;
         let total: usize = groups.values().map(|v| v.len().min(n_anchors)).sum();
         ctx.progress.set_total(total as u64, "questions");
-        let mut out = Vec::new();
+        // One job per anchor, all asked at once.
+        let mut anchors: Vec<(&Example, usize)> = Vec::new();
+        let mut jobs = Vec::new();
         for (gi, g) in names.iter().enumerate() {
             let exs = &groups[g];
             // The style example: a pair of another context.
@@ -138,25 +140,27 @@ impl Stage for Paraphrase {
                         ("other_answer", oa),
                     ],
                 );
-                let parsed = gen.item(
-                    ctx,
+                anchors.push((e, rank));
+                jobs.push(Job::new(
+                    format!("paraphrase/{}", e.id),
                     vec![Message::user(text)],
-                    &format!("paraphrase/{}", e.id),
                     Some(max_tokens),
-                    |t| parse_paraphrases(t, &e.input, m_p),
-                )?;
-                if let Some(ps) = parsed {
-                    for (j, p) in ps.into_iter().enumerate() {
-                        let mut x = e.clone();
-                        x.id = format!("{}-p{j}", e.id);
-                        x.input = p;
-                        x.extra.insert("paraphrase_of".into(), e.id.clone().into());
-                        x.extra.insert("anchor_rank".into(), (rank as u64).into());
-                        out.push(x);
-                    }
-                }
-                ctx.progress.advance(1);
-                ctx.progress.message(&gen.progress_line());
+                ));
+            }
+        }
+        let parsed = gen.items(ctx, &jobs, |j, t| {
+            parse_paraphrases(t, &anchors[j].0.input, m_p)
+        })?;
+        let mut out = Vec::new();
+        for (ps, (e, rank)) in parsed.into_iter().zip(&anchors) {
+            let Some(ps) = ps else { continue };
+            for (j, p) in ps.into_iter().enumerate() {
+                let mut x = (*e).clone();
+                x.id = format!("{}-p{j}", e.id);
+                x.input = p;
+                x.extra.insert("paraphrase_of".into(), e.id.clone().into());
+                x.extra.insert("anchor_rank".into(), (*rank as u64).into());
+                out.push(x);
             }
         }
         ctx.log(gen.progress_line());

@@ -1,8 +1,9 @@
 //! What `[models.*]` and `[generators.*]` entries accept.
 //!
-//! Execution settings (concurrency, rate limits, timeouts, the name of the
-//! key's environment variable, prices) stay out of content keys; see
-//! `flow_engine::key::is_execution_field`.
+//! Execution settings (the endpoint's address, concurrency, rate limits,
+//! timeouts, the name of the key's environment variable, prices) stay out of
+//! content keys; see `flow_engine::key::is_execution_field`. The key itself
+//! never appears in a manifest, only the name of the variable holding it.
 
 use flow_engine::{ParamSpec, ParamType, Registry};
 
@@ -77,10 +78,14 @@ pub fn generator_params() -> Vec<ParamSpec> {
             "ask for JSON output where the server supports it",
         )
         .default(false),
+        // Not in the key: another address serving the same model name (a
+        // proxy, another replica) gives the same results; `model` is in it.
         ParamSpec::string(
             "base_url",
-            "openai: the endpoint, e.g. `https://api.openai.com/v1`",
-        ),
+            "openai: the endpoint, e.g. `https://api.openai.com/v1` (the default) or \
+             `http://127.0.0.1:8000/v1`",
+        )
+        .execution(),
         ParamSpec::string(
             "api_key_env",
             "openai: the environment variable that holds the key",

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use flow_engine::{Context, Outcome, ParamSpec, Stage, StageError, Threads};
 use flow_generate::Message;
 
-use crate::generation::{common_params, fill, strip_marker, Gen};
+use crate::generation::{common_params, fill, strip_marker, Gen, Job};
 
 pub const TOPICS_FILE: &str = "topics.json";
 
@@ -117,32 +117,48 @@ impl Stage for Topics {
         ctx.progress.set_total(count as u64, "topics");
         let mut seen = HashSet::new();
         let mut pool: Vec<String> = Vec::new();
+        // Requests are read in order, as if asked one by one; each round asks
+        // at once as many as could fill the pool if every one brought
+        // `per_request` new topics. Answers a full pool does not need stay in
+        // the journal for a larger `count`.
         let mut requests = 0;
         while pool.len() < count && requests < budget {
-            ctx.cancel.check()?;
-            let hint = HINTS[requests % HINTS.len()];
-            let text = fill(&prompt, &[("n", &per.to_string()), ("hint", hint)]);
-            let c = gen.ask(
-                vec![Message::user(text)],
-                &format!("topics/{requests}"),
-                0,
-                Some(max_tokens),
-            )?;
-            requests += 1;
-            gen.counts.asked += 1;
-            let found = parse_topics(&c.text);
-            if found.is_empty() {
-                gen.counts.dropped += 1;
-            } else {
-                gen.counts.got += 1;
-            }
-            for t in found {
+            let want = (count - pool.len())
+                .div_ceil(per)
+                .clamp(1, budget - requests);
+            let jobs: Vec<Job> = (requests..requests + want)
+                .map(|r| {
+                    let hint = HINTS[r % HINTS.len()];
+                    let text = fill(&prompt, &[("n", &per.to_string()), ("hint", hint)]);
+                    Job::new(
+                        format!("topics/{r}"),
+                        vec![Message::user(text)],
+                        Some(max_tokens),
+                    )
+                })
+                .collect();
+            let asks: Vec<(&Job, u32)> = jobs.iter().map(|j| (j, 0)).collect();
+            let answers = gen.ask_batch(ctx, &asks, |_, _| {})?;
+            for answer in answers {
                 if pool.len() >= count {
                     break;
                 }
-                if seen.insert(t.to_lowercase()) {
-                    pool.push(t);
-                    ctx.progress.advance(1);
+                requests += 1;
+                gen.counts.asked += 1;
+                let found = answer.map(|c| parse_topics(&c.text)).unwrap_or_default();
+                if found.is_empty() {
+                    gen.counts.dropped += 1;
+                } else {
+                    gen.counts.got += 1;
+                }
+                for t in found {
+                    if pool.len() >= count {
+                        break;
+                    }
+                    if seen.insert(t.to_lowercase()) {
+                        pool.push(t);
+                        ctx.progress.advance(1);
+                    }
                 }
             }
             ctx.progress.message(&gen.progress_line());

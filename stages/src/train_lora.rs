@@ -238,7 +238,8 @@ impl Stage for TrainLora {
             .metric("tokens", report.tokens as u64)
             .metric("tokens_per_s", report.tokens_per_s())
             .metric("trainable_params", lora.num_params() as u64)
-            .metric("base_model", model_name))
+            .metric("base_model", model_name)
+            .metric("task", dataset::task_name(&examples)))
     }
 }
 

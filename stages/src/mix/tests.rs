@@ -51,6 +51,15 @@ fn fixed_mode_keeps_the_real_size() {
 }
 
 #[test]
+fn smaller_side_default_fits_every_ratio() {
+    for ratio in [0.0, 0.5, 1.0] {
+        let given = [("ratio", ratio.into()), ("default_size", "smaller".into())];
+        let ran = mix(100, 30, 1, &given).unwrap();
+        assert_eq!(ran.metric("n"), 30, "ratio {ratio}");
+    }
+}
+
+#[test]
 fn ratio_zero_and_one() {
     assert_eq!(
         sides(&mix(40, 60, 1, &[("ratio", 0.0.into())]).unwrap()),

@@ -192,6 +192,9 @@ fn compute(
     report.insert("examples".into(), json!(data.len()));
     report.insert("tokenizer".into(), json!(s.tokenizer.name()));
     metrics.insert("n_examples".into(), json!(data.len()));
+    if let Some(task) = dataset::task_name(data) {
+        metrics.insert("task".into(), json!(task));
+    }
     if s.distinct {
         let (section, scalars) = distinct_section(s, data, data_name, &corpus)?;
         report.insert("distinct".into(), section);

@@ -1,0 +1,374 @@
+//! Drawing a [`Figure`] on any plotters backend.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::histogram::{bin_edges, density};
+use crate::{Figure, Panel, PanelKind, PlotError, Reference, Result, RightAxis, Series};
+
+const FONT: &str = "sans-serif";
+static DEJAVU: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bytes are a valid TrueType font checked in with the crate.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, DEJAVU);
+    });
+}
+
+/// Colour-blind-safe palette (Okabe & Ito).
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+    RGBColor(240, 228, 66),
+];
+
+fn color(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+pub fn svg(fig: &Figure, path: &Path) -> Result<()> {
+    register_font();
+    let root = SVGBackend::new(path, fig.size()).into_drawing_area();
+    draw(fig, root).map_err(|message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+pub fn png(fig: &Figure, path: &Path) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, fig.size()).into_drawing_area();
+    draw(fig, root).map_err(|message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+type Res = std::result::Result<(), String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
+    root.fill(&WHITE).map_err(err)?;
+    let body = if fig.title.is_empty() {
+        root.clone()
+    } else {
+        root.titled(&fig.title, (FONT, 24)).map_err(err)?
+    };
+    let areas = body.split_evenly((1, fig.panels.len()));
+    for (panel, area) in fig.panels.iter().zip(areas) {
+        match &panel.kind {
+            PanelKind::Lines {
+                series,
+                x_ticks,
+                right,
+                references,
+            } => lines(
+                &area,
+                panel,
+                series,
+                x_ticks.as_deref(),
+                right.as_ref(),
+                references,
+            )?,
+            PanelKind::Histogram { samples, bins } => {
+                let edges = bin_edges(samples.iter().map(|s| s.values.as_slice()), *bins);
+                let series: Vec<Series> = samples
+                    .iter()
+                    .map(|s| Series {
+                        label: s.label.clone(),
+                        points: density(&s.values, &edges)
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, d)| (edges[i], d))
+                            .collect(),
+                    })
+                    .collect();
+                histogram(&area, panel, &series, &edges)?;
+            }
+            PanelKind::Scatter { series } => scatter(&area, panel, series)?,
+        }
+    }
+    root.present().map_err(err)
+}
+
+/// A range around `values` with 5% padding (a unit range around one value).
+fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else {
+        lo.abs().max(1.0) * 0.05
+    };
+    (lo - pad)..(hi + pad)
+}
+
+fn ys(series: &[Series]) -> impl Iterator<Item = f64> + '_ {
+    series.iter().flat_map(|s| s.points.iter().map(|p| p.1))
+}
+
+fn xs(series: &[Series]) -> impl Iterator<Item = f64> + '_ {
+    series.iter().flat_map(|s| s.points.iter().map(|p| p.0))
+}
+
+fn tick_label(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+type Chart2d<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+fn lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    series: &[Series],
+    x_ticks: Option<&[String]>,
+    right: Option<&RightAxis>,
+    references: &[Reference],
+) -> Res {
+    let x_range = match x_ticks {
+        Some(t) => -0.5..(t.len().max(1) as f64 - 0.5),
+        None => padded(xs(series).chain(right.into_iter().flat_map(|r| xs(&r.series)))),
+    };
+    let y_range = padded(ys(series).chain(references.iter().map(|r| r.y)));
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&panel.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64);
+    let Some(right) = right else {
+        let mut chart = builder
+            .build_cartesian_2d(x_range.clone(), y_range)
+            .map_err(err)?;
+        left_side(&mut chart, panel, series, x_ticks, references, &x_range)?;
+        return legend(&mut chart);
+    };
+    builder.right_y_label_area_size(64);
+    // The secondary coordinates must exist before the mesh is drawn, or the
+    // left axis' labels are repeated on the right.
+    let mut dual = builder
+        .build_cartesian_2d(x_range.clone(), y_range)
+        .map_err(err)?
+        .set_secondary_coord(x_range.clone(), padded(ys(&right.series)));
+    left_side(&mut dual, panel, series, x_ticks, references, &x_range)?;
+    let y_fmt = |v: &f64| tick_label(*v);
+    dual.configure_secondary_axes()
+        .y_desc(&right.label)
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
+        .y_label_formatter(&y_fmt)
+        .draw()
+        .map_err(err)?;
+    let offset = series.len() + references.len();
+    for (i, s) in right.series.iter().enumerate() {
+        let c = color(offset + i);
+        dual.draw_secondary_series(DashedLineSeries::new(
+            s.points.iter().copied(),
+            8,
+            4,
+            c.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label(&s.label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+        dual.draw_secondary_series(
+            s.points
+                .iter()
+                .map(|&p| Rectangle::new([p, p], ShapeStyle::from(c).stroke_width(6))),
+        )
+        .map_err(err)?;
+    }
+    legend(&mut dual)
+}
+
+/// Mesh, left-axis series and reference lines.
+fn left_side<DB: DrawingBackend>(
+    chart: &mut Chart2d<'_, DB>,
+    panel: &Panel,
+    series: &[Series],
+    x_ticks: Option<&[String]>,
+    references: &[Reference],
+    x_range: &Range<f64>,
+) -> Res {
+    let tick_names = |v: &f64| -> String {
+        match x_ticks {
+            Some(t) => {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < t.len() {
+                    t[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            }
+            None => tick_label(*v),
+        }
+    };
+    let y_fmt = |v: &f64| tick_label(*v);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&panel.x_label)
+        .y_desc(&panel.y_label)
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
+        .x_label_formatter(&tick_names)
+        .y_label_formatter(&y_fmt)
+        .light_line_style(WHITE.mix(0.0));
+    if let Some(t) = x_ticks {
+        // Ticks at every half step: the integer ones carry the names.
+        mesh.x_labels(t.len() * 2 + 1);
+    }
+    mesh.draw().map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(&s.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(err)?;
+    }
+    for (i, r) in references.iter().enumerate() {
+        let c = color(series.len() + i);
+        let ends = [(x_range.start, r.y), (x_range.end, r.y)];
+        chart
+            .draw_series(DashedLineSeries::new(ends, 6, 4, c.stroke_width(2)))
+            .map_err(err)?
+            .label(&r.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+    }
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Res {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(err)
+}
+
+fn histogram<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    series: &[Series],
+    edges: &[f64],
+) -> Res {
+    let width = edges[1] - edges[0];
+    let x_range = edges[0]..edges[edges.len() - 1];
+    let top = ys(series).fold(0.0f64, f64::max).max(1e-12) * 1.08;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x_range, 0.0..top)
+        .map_err(err)?;
+    let fmt = |v: &f64| tick_label(*v);
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x_label)
+        .y_desc(&panel.y_label)
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&fmt)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(
+                s.points.iter().map(|&(x0, d)| {
+                    Rectangle::new([(x0, 0.0), (x0 + width, d)], c.mix(0.25).filled())
+                }),
+            )
+            .map_err(err)?;
+        // The outline as a step line, so overlapping samples stay readable.
+        let mut step = Vec::with_capacity(s.points.len() * 2 + 2);
+        step.push((edges[0], 0.0));
+        for &(x0, d) in &s.points {
+            step.push((x0, d));
+            step.push((x0 + width, d));
+        }
+        step.push((edges[edges.len() - 1], 0.0));
+        chart
+            .draw_series(LineSeries::new(step, c.stroke_width(2)))
+            .map_err(err)?
+            .label(&s.label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], c.filled()));
+    }
+    legend(&mut chart)
+}
+
+fn scatter<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    series: &[Series],
+) -> Res {
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(padded(xs(series)), padded(ys(series)))
+        .map_err(err)?;
+    let fmt = |v: &f64| tick_label(*v);
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x_label)
+        .y_desc(&panel.y_label)
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&fmt)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|&p| Circle::new(p, 2, c.mix(0.6).filled())),
+            )
+            .map_err(err)?
+            .label(&s.label)
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+    }
+    legend(&mut chart)
+}
