@@ -49,7 +49,12 @@ fn main() -> anyhow::Result<()> {
     ids.truncate(n_prompt);
     let mut f = std::fs::File::open(&m.weights)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
-    let mut model = ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?;
+    // FLOW_BENCH_NATIVE=1: the GGUF's own block types (the baseline: candle's Q4_1 kernel).
+    let mut model = if std::env::var_os("FLOW_BENCH_NATIVE").is_some() {
+        ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?
+    } else {
+        flow_generate::load_weights(content, &mut f, &Device::Cpu)?
+    };
     // Warm-up.
     let x = Tensor::new(&ids[..8], &Device::Cpu)?.unsqueeze(0)?;
     model.forward(&x, 0)?;

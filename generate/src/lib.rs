@@ -15,7 +15,7 @@ mod openai;
 
 pub use chat::ChatTemplate;
 pub use journal::{request_key, Journal, Journaled};
-pub use local::LocalGenerator;
+pub use local::{load_weights, LocalGenerator};
 pub use openai::{ApiKey, OpenAiConfig, OpenAiGenerator};
 
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as Strategy};
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
@@ -14,7 +14,8 @@ use crate::chat::{ChatTemplate, CHATML};
 use crate::{Completion, Finish, GenError, Generator, Request, Result, Sink, Stats};
 
 /// Bump when a change here changes generated text: it is part of every journal key.
-const IMPL: &str = "flow-generate/local/v1";
+/// v2: block types without a SIMD kernel in candle are requantized to Q8_0.
+const IMPL: &str = "flow-generate/local/v2";
 
 pub struct LocalGenerator {
     model: ModelWeights,
@@ -106,7 +107,7 @@ impl LocalGenerator {
             }
         }
         let tokenizer = flow_models::load_tokenizer(model)?;
-        let weights = ModelWeights::from_gguf(content, &mut file, &device).map_err(cerr)?;
+        let weights = load_weights(content, &mut file, &device)?;
         let weights_id = match weights_id {
             Some(id) => id,
             None => blake3_file(path)?,
@@ -236,6 +237,54 @@ impl LocalGenerator {
             finish,
         })
     }
+}
+
+/// Block types whose dot product candle runs as scalar code (no AVX/NEON
+/// kernel): about 10x slower per token than Q8_0, which has one.
+fn slow_on_cpu(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+/// The model's weights; tensors of a slow block type are requantized to Q8_0
+/// (a superset of their precision: a 4- or 5-bit block fits 8 bits with one
+/// scale) in an in-memory GGUF, so the weights candle runs are fast ones.
+pub fn load_weights(
+    content: gguf_file::Content,
+    file: &mut std::fs::File,
+    device: &Device,
+) -> Result<ModelWeights> {
+    if !content
+        .tensor_infos
+        .values()
+        .any(|t| slow_on_cpu(t.ggml_dtype))
+    {
+        return ModelWeights::from_gguf(content, file, device).map_err(cerr);
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let t = content.tensor(file, name, &Device::Cpu).map_err(cerr)?;
+        let last = t.shape().dims().last().copied().unwrap_or(0);
+        let t = if slow_on_cpu(t.dtype()) && last % GgmlDType::Q8_0.block_size() == 0 {
+            let dense = t.dequantize(&Device::Cpu).map_err(cerr)?;
+            QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(cerr)?
+        } else {
+            t
+        };
+        tensors.push((name.as_str(), t));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &refs).map_err(cerr)?;
+    buf.set_position(0);
+    let requantized = gguf_file::Content::read(&mut buf).map_err(cerr)?;
+    ModelWeights::from_gguf(requantized, &mut buf, device).map_err(cerr)
 }
 
 impl Generator for LocalGenerator {
