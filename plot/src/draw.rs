@@ -201,7 +201,7 @@ fn lines<DB: DrawingBackend>(
         dual.draw_secondary_series(
             s.points
                 .iter()
-                .map(|&p| Rectangle::new([p, p], ShapeStyle::from(c).stroke_width(6))),
+                .map(|&p| TriangleMarker::new(p, 6, c.filled())),
         )
         .map_err(err)?;
     }

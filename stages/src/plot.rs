@@ -42,7 +42,7 @@ impl Stage for Plot {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -480,7 +480,8 @@ fn lines(
             }
         }
         let mut left = left;
-        if left.len() == 1 && o.series.is_empty() {
+        // A lone series no `series` binding split off is named by its axis.
+        if left.len() == 1 && !left[0].label.contains('=') {
             left[0].label = y_label.clone();
         }
         out.push(Panel {
