@@ -280,21 +280,19 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
         .map_err(err)
 }
 
-fn histogram<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
+/// A panel with numeric axes, its caption and its mesh drawn.
+fn numeric_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
     panel: &Panel,
-    series: &[Series],
-    edges: &[f64],
-) -> Res {
-    let width = edges[1] - edges[0];
-    let x_range = edges[0]..edges[edges.len() - 1];
-    let top = ys(series).fold(0.0f64, f64::max).max(1e-12) * 1.08;
+    x: Range<f64>,
+    y: Range<f64>,
+) -> std::result::Result<Chart2d<'a, DB>, String> {
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 20))
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(x_range, 0.0..top)
+        .build_cartesian_2d(x, y)
         .map_err(err)?;
     let fmt = |v: &f64| tick_label(*v);
     chart
@@ -308,6 +306,19 @@ fn histogram<DB: DrawingBackend>(
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
+
+fn histogram<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    series: &[Series],
+    edges: &[f64],
+) -> Res {
+    let width = edges[1] - edges[0];
+    let x_range = edges[0]..edges[edges.len() - 1];
+    let top = ys(series).fold(0.0f64, f64::max).max(1e-12) * 1.08;
+    let mut chart = numeric_chart(area, panel, x_range, 0.0..top)?;
     for (i, s) in series.iter().enumerate() {
         let c = color(i);
         chart
@@ -339,25 +350,7 @@ fn scatter<DB: DrawingBackend>(
     panel: &Panel,
     series: &[Series],
 ) -> Res {
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(padded(xs(series)), padded(ys(series)))
-        .map_err(err)?;
-    let fmt = |v: &f64| tick_label(*v);
-    chart
-        .configure_mesh()
-        .x_desc(&panel.x_label)
-        .y_desc(&panel.y_label)
-        .axis_desc_style((FONT, 16))
-        .label_style((FONT, 13))
-        .x_label_formatter(&fmt)
-        .y_label_formatter(&fmt)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(err)?;
+    let mut chart = numeric_chart(area, panel, padded(xs(series)), padded(ys(series)))?;
     for (i, s) in series.iter().enumerate() {
         let c = color(i);
         chart
