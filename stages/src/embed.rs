@@ -25,7 +25,7 @@ use flow_engine::{CancelToken, Context, Outcome, ParamSpec, Params, Stage, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{self, Example};
-use crate::generation::{model_env, model_spec};
+use crate::generation::resolve_model;
 use crate::seeds;
 use crate::train_lora::thread_pool;
 
@@ -90,15 +90,8 @@ impl Stage for Embed {
         let chosen = choose(&examples, sample, ctx.seed);
         let texts: Vec<String> = chosen.iter().map(|e| text_of(e)).collect();
 
-        let mut spec = model_spec(&ctx.resources.models, &model_name);
-        spec.format.get_or_insert(flow_models::Format::Safetensors);
-        let resolved = flow_models::resolve(&spec, &model_env(ctx.env))
+        let resolved = resolve_model(ctx, &model_name, flow_models::Format::Safetensors)
             .map_err(|e| StageError::invalid(e.to_string()))?;
-        ctx.log(format!(
-            "model `{model_name}`: {} (from {})",
-            resolved.weights.display(),
-            resolved.source
-        ));
         let device = flow_train::device();
         let encoder = Encoder::load(&model_name, &resolved, max_len, &device)?;
         ctx.progress

@@ -9,11 +9,12 @@
 use flow_engine::{
     Context, Outcome, ParamProblem, ParamSpec, Params, Stage, StageError, Threads, Value,
 };
-use flow_train::trainer::{self, Monitor, Stopped};
+use flow_train::trainer::{self, Monitor};
 
 use crate::dataset;
 use crate::train_lora::{
-    encode_all, loss_kind, model_path, other, thread_pool, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+    encode_all, loss_kind, model_path, other, thread_pool, trainer_error, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
 };
 
 pub struct EvalLoss;
@@ -127,13 +128,7 @@ impl Stage for EvalLoss {
                     &monitor,
                 )
             })
-            .map_err(|e| {
-                if e.is::<Stopped>() {
-                    StageError::Cancelled
-                } else {
-                    other(e)
-                }
-            })?;
+            .map_err(trainer_error)?;
         if count == 0 {
             return Err(StageError::invalid("no target tokens to score"));
         }

@@ -26,7 +26,7 @@ use flow_generate::{
     ApiKey, Completion, GenError, Generator, Journal, Journaled, LocalGenerator, Message,
     OpenAiConfig, OpenAiGenerator, Request, Sampling, Sink,
 };
-use flow_models::{Format, ModelEnv, ModelSpec};
+use flow_models::{Format, ModelEnv, ModelError, ModelSpec, ResolvedModel};
 
 use crate::seeds::item_hash;
 
@@ -89,6 +89,25 @@ pub fn model_spec(models: &BTreeMap<String, BTreeMap<String, Value>>, name: &str
         format: table_str(t, "format").and_then(|f| Format::parse(&f)),
         arch: table_str(t, "arch"),
     }
+}
+
+/// Resolves `[models.NAME]` (a known short name if there is no entry),
+/// assuming `format` where the entry names none, and logs where the weights
+/// came from.
+pub fn resolve_model(
+    ctx: &mut Context<'_>,
+    name: &str,
+    format: Format,
+) -> Result<ResolvedModel, ModelError> {
+    let mut spec = model_spec(&ctx.resources.models, name);
+    spec.format.get_or_insert(format);
+    let resolved = flow_models::resolve(&spec, &model_env(ctx.env))?;
+    ctx.log(format!(
+        "model `{name}`: {} (from {})",
+        resolved.weights.display(),
+        resolved.source
+    ));
+    Ok(resolved)
 }
 
 pub fn model_env(env: &Env) -> ModelEnv {
@@ -168,14 +187,7 @@ fn open_backend(
         .ok_or_else(|| StageError::invalid(format!("generator `{name}` has no `model`")))?;
     match backend.as_str() {
         "local" => {
-            let mut spec = model_spec(&ctx.resources.models, &model_name);
-            spec.format.get_or_insert(Format::Gguf);
-            let resolved = flow_models::resolve(&spec, &model_env(ctx.env)).map_err(to_err)?;
-            ctx.log(format!(
-                "model `{model_name}`: {} (from {})",
-                resolved.weights.display(),
-                resolved.source
-            ));
+            let resolved = resolve_model(ctx, &model_name, Format::Gguf).map_err(to_err)?;
             let local = LocalGenerator::load(&resolved, None).map_err(to_err)?;
             Ok(Box::new(local))
         }

