@@ -24,6 +24,9 @@ format = "gguf"
 backend = "local"
 model = "smollm2"
 max_tokens = 48
+# Two stories at a time, so the kill lands with some finished and some not
+# (all six together finish within a few milliseconds of each other).
+max_batch = 2
 
 [stages.real]
 kind = "source"

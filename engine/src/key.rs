@@ -93,6 +93,7 @@ pub fn is_execution_field(name: &str) -> bool {
         "api_key_env"
             | "base_url"
             | "max_concurrency"
+            | "max_batch"
             | "requests_per_minute"
             | "tokens_per_minute"
             | "timeout_s"

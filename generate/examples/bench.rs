@@ -4,12 +4,15 @@
 //!
 //! Same protocol as `generate/bench/llama_cpp_bench.py`: one prompt of the given length
 //! processed in one forward pass, then greedy generation token by token (EOS ignored).
-//! Threads: candle's default (all cores; RAYON_NUM_THREADS to change).
+//! Threads: all cores (RAYON_NUM_THREADS to change). `FLOW_BENCH_CANDLE=1` runs
+//! candle-transformers' quantized llama instead, as the baseline. Then batched decoding:
+//! 4, 8 and 16 sequences one token each per pass.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use flow_generate::cpu::{Cache, CpuLlama, Step};
 use flow_models::{Format, ModelEnv, ModelSpec};
 
 fn peak_rss_mib() -> f64 {
@@ -49,36 +52,104 @@ fn main() -> anyhow::Result<()> {
     ids.truncate(n_prompt);
     let mut f = std::fs::File::open(&m.weights)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
-    // FLOW_BENCH_NATIVE=1: the GGUF's own block types (the baseline: candle's Q4_1 kernel).
-    let mut model = if std::env::var_os("FLOW_BENCH_NATIVE").is_some() {
-        ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?
-    } else {
-        flow_generate::load_weights(content, &mut f, &Device::Cpu)?
-    };
+    // FLOW_BENCH_CANDLE=1: candle-transformers' quantized llama on the same file (the baseline).
+    if std::env::var_os("FLOW_BENCH_CANDLE").is_some() {
+        let mut model = ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?;
+        let x = Tensor::new(&ids[..8], &Device::Cpu)?.unsqueeze(0)?;
+        model.forward(&x, 0)?;
+        model.clear_kv_cache();
+        let t = Instant::now();
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let logits = model.forward(&x, 0)?.squeeze(0)?;
+        let pp = t.elapsed().as_secs_f64();
+        let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
+        let t = Instant::now();
+        for i in 0..n_gen {
+            let x = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+            let logits = model.forward(&x, ids.len() + i)?.squeeze(0)?;
+            next = logits.argmax(0)?.to_scalar::<u32>()?;
+        }
+        let tg = t.elapsed().as_secs_f64();
+        report("candle-transformers", ids.len(), pp, n_gen, tg);
+        return Ok(());
+    }
+    let model = CpuLlama::from_gguf(&content, &mut f)?;
     // Warm-up.
-    let x = Tensor::new(&ids[..8], &Device::Cpu)?.unsqueeze(0)?;
-    model.forward(&x, 0)?;
-    model.clear_kv_cache();
+    model.forward(&mut [Step {
+        cache: &mut Cache::default(),
+        tokens: &ids[..8],
+    }])?;
 
+    let mut cache = Cache::default();
     let t = Instant::now();
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-    let logits = model.forward(&x, 0)?.squeeze(0)?;
+    let logits = model.forward(&mut [Step {
+        cache: &mut cache,
+        tokens: &ids,
+    }])?;
     let pp = t.elapsed().as_secs_f64();
-    let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
+    let mut next = argmax(&logits[0]);
     let t = Instant::now();
-    for i in 0..n_gen {
-        let x = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
-        let logits = model.forward(&x, ids.len() + i)?.squeeze(0)?;
-        next = logits.argmax(0)?.to_scalar::<u32>()?;
+    for _ in 0..n_gen {
+        let logits = model.forward(&mut [Step {
+            cache: &mut cache,
+            tokens: &[next],
+        }])?;
+        next = argmax(&logits[0]);
     }
     let tg = t.elapsed().as_secs_f64();
+    report("flow", ids.len(), pp, n_gen, tg);
+
+    // Batched decoding: `batch` sequences of the same prompt, one token each per pass.
+    for batch in [4usize, 8, 16] {
+        let mut caches: Vec<Cache> = (0..batch).map(|_| Cache::default()).collect();
+        let mut steps: Vec<Step> = caches
+            .iter_mut()
+            .map(|c| Step {
+                cache: c,
+                tokens: &ids,
+            })
+            .collect();
+        let logits = model.forward(&mut steps)?;
+        let mut next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+        let t = Instant::now();
+        for _ in 0..n_gen {
+            let mut steps: Vec<Step> = caches
+                .iter_mut()
+                .zip(&next)
+                .map(|(c, t)| Step {
+                    cache: c,
+                    tokens: std::slice::from_ref(t),
+                })
+                .collect();
+            let logits = model.forward(&mut steps)?;
+            next = logits.iter().map(|l| argmax(l)).collect();
+        }
+        let tg = t.elapsed().as_secs_f64();
+        println!(
+            "flow batch {batch}: gen {} tok {:.1} tok/s | peak RSS {:.0} MiB",
+            batch * n_gen,
+            (batch * n_gen) as f64 / tg,
+            peak_rss_mib()
+        );
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn report(name: &str, n_prompt: usize, pp: f64, n_gen: usize, tg: f64) {
     println!(
-        "candle: prompt {} tok {:.1} tok/s | gen {} tok {:.1} tok/s | peak RSS {:.0} MiB",
-        ids.len(),
-        ids.len() as f64 / pp,
-        n_gen,
+        "{name}: prompt {n_prompt} tok {:.1} tok/s | gen {n_gen} tok {:.1} tok/s | peak RSS {:.0} MiB",
+        n_prompt as f64 / pp,
         n_gen as f64 / tg,
         peak_rss_mib()
     );
-    Ok(())
 }

@@ -9,13 +9,14 @@
 //! the journal can keep every answer the moment it arrives.
 
 mod chat;
+pub mod cpu;
 mod journal;
 mod local;
 mod openai;
 
 pub use chat::ChatTemplate;
 pub use journal::{request_key, Journal, Journaled};
-pub use local::{load_weights, LocalGenerator};
+pub use local::{LocalGenerator, DEFAULT_BATCH};
 pub use openai::{ApiKey, OpenAiConfig, OpenAiGenerator};
 
 use serde::{Deserialize, Serialize};

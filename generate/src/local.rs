@@ -1,30 +1,36 @@
-//! In-process generation on candle: a quantized GGUF llama on the CPU.
+//! In-process generation: a GGUF llama on the CPU ([`crate::cpu`]), many
+//! requests at a time, candle's samplers.
 
 use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as Strategy};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use flow_models::{Format, ResolvedModel};
 
 use crate::chat::{ChatTemplate, CHATML};
+use crate::cpu::{Cache, CpuLlama, Step};
 use crate::{Completion, Finish, GenError, Generator, Request, Result, Sink, Stats};
 
 /// Bump when a change here changes generated text: it is part of every journal key.
 /// v2: block types without a SIMD kernel in candle are requantized to Q8_0.
-const IMPL: &str = "flow-generate/local/v2";
+/// v3: flow's own CPU llama (Q4_1 kept, f32 activation scales, f32 KV cache).
+const IMPL: &str = "flow-generate/local/v3";
+
+/// Requests generated together by default: one pass reads the weights once
+/// for all of them (see `generate/examples/bench.rs` for the gain).
+pub const DEFAULT_BATCH: usize = 8;
 
 pub struct LocalGenerator {
-    model: ModelWeights,
+    model: CpuLlama,
     tokenizer: tokenizers::Tokenizer,
     template: ChatTemplate,
     /// Tokens that end the assistant's turn.
     eos: Vec<u32>,
     bos: Option<u32>,
-    device: Device,
+    max_batch: usize,
     identity: String,
     stats: Stats,
 }
@@ -65,7 +71,6 @@ impl LocalGenerator {
                 model.format.as_str()
             )));
         }
-        let device = Device::Cpu;
         let path = &model.weights;
         let mut file = std::fs::File::open(path).map_err(|source| GenError::Io {
             context: format!("open {}", path.display()),
@@ -107,7 +112,7 @@ impl LocalGenerator {
             }
         }
         let tokenizer = flow_models::load_tokenizer(model)?;
-        let weights = load_weights(content, &mut file, &device)?;
+        let weights = CpuLlama::from_gguf(&content, &mut file)?;
         let weights_id = match weights_id {
             Some(id) => id,
             None => blake3_file(path)?,
@@ -118,10 +123,16 @@ impl LocalGenerator {
             template,
             eos,
             bos: if add_bos { bos_id } else { None },
-            device,
+            max_batch: DEFAULT_BATCH,
             identity: format!("{IMPL}:{weights_id}"),
             stats: Stats::default(),
         })
+    }
+
+    /// How many requests run together (at least 1).
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
@@ -146,18 +157,20 @@ impl LocalGenerator {
         Ok(ids)
     }
 
-    /// Generates from raw prompt token ids.
-    pub fn generate_ids(&mut self, ids: &[u32], s: &crate::Sampling) -> Result<Completion> {
-        if ids.is_empty() {
+    /// A request ready to be prefilled.
+    fn start(&self, index: usize, r: &Request) -> Result<Sequence> {
+        let prompt = self.encode_prompt(&self.template.render(&r.messages)?)?;
+        let context = self.model.config().context;
+        if prompt.is_empty() {
             return Err(GenError::Other("empty prompt".into()));
         }
-        if ids.len() >= MAX_SEQ_LEN {
+        if prompt.len() >= context {
             return Err(GenError::Other(format!(
-                "the prompt has {} tokens; the model takes at most {MAX_SEQ_LEN}",
-                ids.len()
+                "the prompt has {} tokens; the model takes at most {context}",
+                prompt.len()
             )));
         }
-        let max_new = s.max_tokens.min(MAX_SEQ_LEN - ids.len());
+        let s = &r.sampling;
         let strategy = if s.temperature <= 0.0 {
             Strategy::ArgMax
         } else if s.top_p < 1.0 {
@@ -170,121 +183,84 @@ impl LocalGenerator {
                 temperature: s.temperature,
             }
         };
-        let mut sampler = LogitsProcessor::from_sampling(s.seed, strategy);
-        self.model.clear_kv_cache();
-        let t0 = Instant::now();
-        let input = Tensor::new(ids, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(cerr)?;
-        let logits = self
-            .model
-            .forward(&input, 0)
-            .and_then(|l| l.squeeze(0))
-            .map_err(cerr)?;
-        let mut next = sampler.sample(&logits).map_err(cerr)?;
-        self.stats.prompt_tokens += ids.len() as u64;
-        self.stats.prompt_secs += t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let mut out: Vec<u32> = Vec::new();
-        let mut finish = Finish::Length;
-        let mut text = String::new();
-        let mut forwards = 0u64;
-        while out.len() < max_new {
-            if self.eos.contains(&next) {
-                finish = Finish::Eos;
-                break;
-            }
-            out.push(next);
-            if !s.stop.is_empty() {
-                text = self
-                    .tokenizer
-                    .decode(&out, false)
-                    .map_err(GenError::other)?;
-                if let Some(cut) = s.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
-                    text.truncate(cut);
-                    finish = Finish::Stop;
-                    break;
-                }
-            }
-            if out.len() >= max_new {
-                break;
-            }
-            let input = Tensor::new(&[next], &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(cerr)?;
-            let logits = self
-                .model
-                .forward(&input, ids.len() + out.len() - 1)
-                .and_then(|l| l.squeeze(0))
-                .map_err(cerr)?;
-            forwards += 1;
-            next = sampler.sample(&logits).map_err(cerr)?;
-        }
-        if finish != Finish::Stop {
-            text = self
-                .tokenizer
-                .decode(&out, false)
-                .map_err(GenError::other)?;
-        }
-        // Every completion token after the first costs one forward pass.
-        self.stats.completion_tokens += forwards;
-        self.stats.completion_secs += t1.elapsed().as_secs_f64();
-        self.stats.requests += 1;
-        Ok(Completion {
-            text,
-            prompt_tokens: ids.len(),
-            completion_tokens: out.len(),
-            finish,
+        Ok(Sequence {
+            index,
+            max_new: s.max_tokens.min(context - prompt.len()),
+            prompt,
+            cache: Cache::default(),
+            sampler: LogitsProcessor::from_sampling(s.seed, strategy),
+            out: Vec::new(),
+            stop: s.stop.clone(),
+            text: String::new(),
+            finish: None,
         })
     }
 }
 
-/// Block types whose dot product candle runs as scalar code (no AVX/NEON
-/// kernel): about 10x slower per token than Q8_0, which has one.
-fn slow_on_cpu(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+/// A request being generated.
+struct Sequence {
+    index: usize,
+    prompt: Vec<u32>,
+    cache: Cache,
+    sampler: LogitsProcessor,
+    /// Accepted tokens; the last one is the next pass's input.
+    out: Vec<u32>,
+    max_new: usize,
+    stop: Vec<String>,
+    /// The text up to a stop sequence, once one was produced.
+    text: String,
+    finish: Option<Finish>,
 }
 
-/// The model's weights; tensors of a slow block type are requantized to Q8_0
-/// (a superset of their precision: a 4- or 5-bit block fits 8 bits with one
-/// scale) in an in-memory GGUF, so the weights candle runs are fast ones.
-pub fn load_weights(
-    content: gguf_file::Content,
-    file: &mut std::fs::File,
-    device: &Device,
-) -> Result<ModelWeights> {
-    if !content
-        .tensor_infos
-        .values()
-        .any(|t| slow_on_cpu(t.ggml_dtype))
-    {
-        return ModelWeights::from_gguf(content, file, device).map_err(cerr);
+impl Sequence {
+    /// Samples the next token from `logits` and decides whether it ends the
+    /// sequence (the end-of-turn token, a stop sequence, the length limit).
+    fn take(&mut self, logits: Vec<f32>, eos: &[u32], tok: &tokenizers::Tokenizer) -> Result<()> {
+        if self.out.len() >= self.max_new {
+            self.finish = Some(Finish::Length);
+            return Ok(());
+        }
+        let n = logits.len();
+        let next = Tensor::from_vec(logits, n, &Device::Cpu)
+            .and_then(|l| self.sampler.sample(&l))
+            .map_err(cerr)?;
+        if eos.contains(&next) {
+            self.finish = Some(Finish::Eos);
+            return Ok(());
+        }
+        self.out.push(next);
+        if !self.stop.is_empty() {
+            let text = tok.decode(&self.out, false).map_err(GenError::other)?;
+            if let Some(cut) = self
+                .stop
+                .iter()
+                .filter_map(|st| text.find(st.as_str()))
+                .min()
+            {
+                self.text = text[..cut].to_string();
+                self.finish = Some(Finish::Stop);
+                return Ok(());
+            }
+        }
+        if self.out.len() >= self.max_new {
+            self.finish = Some(Finish::Length);
+        }
+        Ok(())
     }
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(names.len());
-    for name in names {
-        let t = content.tensor(file, name, &Device::Cpu).map_err(cerr)?;
-        let last = t.shape().dims().last().copied().unwrap_or(0);
-        let t = if slow_on_cpu(t.dtype()) && last % GgmlDType::Q8_0.block_size() == 0 {
-            let dense = t.dequantize(&Device::Cpu).map_err(cerr)?;
-            QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(cerr)?
-        } else {
-            t
+
+    fn completion(self, tok: &tokenizers::Tokenizer) -> Result<Completion> {
+        let finish = self.finish.unwrap_or(Finish::Length);
+        let text = match finish {
+            Finish::Stop => self.text,
+            _ => tok.decode(&self.out, false).map_err(GenError::other)?,
         };
-        tensors.push((name.as_str(), t));
+        Ok(Completion {
+            text,
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.out.len(),
+            finish,
+        })
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let mut buf = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &metadata, &refs).map_err(cerr)?;
-    buf.set_position(0);
-    let requantized = gguf_file::Content::read(&mut buf).map_err(cerr)?;
-    ModelWeights::from_gguf(requantized, &mut buf, device).map_err(cerr)
 }
 
 impl Generator for LocalGenerator {
@@ -292,24 +268,85 @@ impl Generator for LocalGenerator {
         &self.identity
     }
 
-    /// One request at a time: the model already uses every core.
+    /// Up to `max_batch` requests at once: new ones are prefilled together,
+    /// then every active request adds one token per pass, and a finished one
+    /// makes room for the next. A request's text does not depend on its
+    /// neighbours (see `cpu`), only on its own prompt and sampling.
     fn generate_batch(&mut self, requests: &[Request], sink: &mut dyn Sink) -> Result<()> {
-        for (i, r) in requests.iter().enumerate() {
+        let mut queue = requests.iter().enumerate();
+        let mut active: Vec<Sequence> = Vec::new();
+        loop {
             if sink.cancelled() {
                 return Err(GenError::Cancelled);
             }
-            let result = self
-                .template
-                .render(&r.messages)
-                .and_then(|prompt| self.encode_prompt(&prompt))
-                .and_then(|ids| self.generate_ids(&ids, &r.sampling));
-            if result.is_err() {
-                self.stats.failed += 1;
+            let mut fresh = Vec::new();
+            while active.len() + fresh.len() < self.max_batch {
+                let Some((i, r)) = queue.next() else { break };
+                match self.start(i, r) {
+                    Ok(seq) => fresh.push(seq),
+                    Err(e) => {
+                        self.stats.failed += 1;
+                        sink.done(i, Err(e));
+                        sink.flush()?;
+                    }
+                }
             }
-            sink.done(i, result);
-            sink.flush()?;
+            if !fresh.is_empty() {
+                let t = Instant::now();
+                let logits = {
+                    let mut steps: Vec<Step> = fresh
+                        .iter_mut()
+                        .map(|s| Step {
+                            cache: &mut s.cache,
+                            tokens: &s.prompt,
+                        })
+                        .collect();
+                    self.model.forward(&mut steps)?
+                };
+                self.stats.prompt_tokens +=
+                    fresh.iter().map(|s| s.prompt.len() as u64).sum::<u64>();
+                self.stats.prompt_secs += t.elapsed().as_secs_f64();
+                for (seq, l) in fresh.iter_mut().zip(logits) {
+                    seq.take(l, &self.eos, &self.tokenizer)?;
+                }
+                active.extend(fresh);
+            }
+            let mut i = 0;
+            while i < active.len() {
+                if active[i].finish.is_some() {
+                    let seq = active.swap_remove(i);
+                    let index = seq.index;
+                    let result = seq.completion(&self.tokenizer);
+                    self.stats.requests += 1;
+                    sink.done(index, result);
+                    sink.flush()?;
+                } else {
+                    i += 1;
+                }
+            }
+            if active.is_empty() {
+                if queue.len() == 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+            let t = Instant::now();
+            let logits = {
+                let mut steps: Vec<Step> = active
+                    .iter_mut()
+                    .map(|s| Step {
+                        cache: &mut s.cache,
+                        tokens: std::slice::from_ref(s.out.last().expect("a sampled token")),
+                    })
+                    .collect();
+                self.model.forward(&mut steps)?
+            };
+            self.stats.completion_tokens += active.len() as u64;
+            self.stats.completion_secs += t.elapsed().as_secs_f64();
+            for (seq, l) in active.iter_mut().zip(logits) {
+                seq.take(l, &self.eos, &self.tokenizer)?;
+            }
         }
-        Ok(())
     }
 
     fn stats(&self) -> Stats {

@@ -157,3 +157,29 @@ fn stop_sequences_cut_the_text() {
     assert_eq!(cut.text, full.text[..full.text.find(stop).unwrap()]);
     assert!(cut.completion_tokens < full.completion_tokens.max(2));
 }
+
+/// Requests generated together give exactly the texts they give alone: a
+/// batch changes speed, never text (what the journal relies on).
+#[test]
+fn batching_does_not_change_any_text() {
+    let Some(g) = generator() else { return };
+    let mut g = g.lock().unwrap();
+    let requests: Vec<Request> = (0..5)
+        .map(|i| {
+            let topic = ["a cat", "the sea", "a train", "winter", "a lost key"][i];
+            req(
+                &format!("Write one sentence about {topic}."),
+                0.7,
+                i as u64,
+                12 + 4 * i,
+                &[],
+            )
+        })
+        .collect();
+    let together = g.generate(&requests).unwrap();
+    for (r, t) in requests.iter().zip(&together) {
+        let alone = g.generate(std::slice::from_ref(r)).unwrap().remove(0);
+        assert_eq!(&alone, t);
+        assert!(!alone.text.trim().is_empty());
+    }
+}

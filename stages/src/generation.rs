@@ -188,7 +188,10 @@ fn open_backend(
     match backend.as_str() {
         "local" => {
             let resolved = resolve_model(ctx, &model_name, Format::Gguf).map_err(to_err)?;
-            let local = LocalGenerator::load(&resolved, None).map_err(to_err)?;
+            let mut local = LocalGenerator::load(&resolved, None).map_err(to_err)?;
+            if let Some(n) = int_of(table, "max_batch") {
+                local = local.with_max_batch(n.max(1) as usize);
+            }
             Ok(Box::new(local))
         }
         "openai" => {

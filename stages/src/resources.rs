@@ -121,6 +121,13 @@ pub fn generator_params() -> Vec<ParamSpec> {
         )
         .min(0.0)
         .execution(),
+        ParamSpec::int(
+            "max_batch",
+            "local: requests generated together (one pass reads the weights once for all)",
+        )
+        .min(1.0)
+        .default(flow_generate::DEFAULT_BATCH as i64)
+        .execution(),
         ParamSpec::int("threads", "local: CPU threads (default: the stage's share)")
             .min(1.0)
             .execution(),

@@ -1,0 +1,608 @@
+//! Weight matrices in GGML's block formats (Q4_0, Q4_1, Q8_0), activations
+//! quantized to 8 bits, and their products: the hot path of CPU generation.
+//!
+//! Each product of a weight row with an activation row is computed by the same
+//! code whatever the number of rows, so a sequence's numbers do not depend on
+//! what it is batched with.
+
+use half::f16;
+
+use super::pool::Pool;
+
+pub const BLOCK: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ4_0 {
+    d: f16,
+    qs: [u8; BLOCK / 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ4_1 {
+    d: f16,
+    m: f16,
+    qs: [u8; BLOCK / 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8_0 {
+    d: f16,
+    qs: [i8; BLOCK],
+}
+
+/// 32 activations as `d * qs[i]`; `s = d * sum(qs)` serves the blocks with
+/// an offset (Q4_1). Scales stay f32: activations are quantized once per
+/// product, so their precision is cheap to keep.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ActBlock {
+    d: f32,
+    s: f32,
+    qs: [i8; BLOCK],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// A weight matrix, row-major: `rows` outputs of `cols` inputs each.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    blocks: Blocks,
+}
+
+#[derive(Clone, Debug)]
+enum Blocks {
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// The block formats a [`QMatrix`] keeps as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+/// Reinterprets raw GGML blocks (as stored in a GGUF file) as `T`s.
+fn blocks_from_bytes<T: Copy>(bytes: &[u8]) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    assert_eq!(bytes.len() % size, 0, "a partial block");
+    let n = bytes.len() / size;
+    let mut out = Vec::<T>::with_capacity(n);
+    // SAFETY: T is a repr(C) block of plain bytes and f16s (every bit pattern
+    // valid); the destination holds n * size bytes and is aligned for T.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, n * size);
+        out.set_len(n);
+    }
+    out
+}
+
+impl QMatrix {
+    /// A matrix from GGML blocks of `format` (the bytes of a GGUF tensor).
+    pub fn from_ggml(format: Format, rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        assert_eq!(cols % BLOCK, 0, "columns must be a multiple of {BLOCK}");
+        let blocks = match format {
+            Format::Q4_0 => Blocks::Q4_0(blocks_from_bytes(bytes)),
+            Format::Q4_1 => Blocks::Q4_1(blocks_from_bytes(bytes)),
+            Format::Q8_0 => Blocks::Q8_0(blocks_from_bytes(bytes)),
+        };
+        let m = QMatrix { rows, cols, blocks };
+        assert_eq!(m.n_blocks(), rows * cols / BLOCK, "tensor size");
+        m
+    }
+
+    /// A matrix quantized to Q8_0 from f32 values (formats kept as they are
+    /// elsewhere: F16, F32, k-quants).
+    pub fn quantize_q8_0(rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(cols % BLOCK, 0, "columns must be a multiple of {BLOCK}");
+        assert_eq!(values.len(), rows * cols);
+        let blocks = values
+            .chunks_exact(BLOCK)
+            .map(|x| {
+                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut qs = [0i8; BLOCK];
+                for (q, v) in qs.iter_mut().zip(x) {
+                    *q = (v * id).round() as i8;
+                }
+                BlockQ8_0 {
+                    d: f16::from_f32(d),
+                    qs,
+                }
+            })
+            .collect();
+        QMatrix {
+            rows,
+            cols,
+            blocks: Blocks::Q8_0(blocks),
+        }
+    }
+
+    /// The matrices' rows one after the other (q, k and v as one product).
+    /// Mixed formats meet in Q8_0.
+    pub fn stack(parts: Vec<QMatrix>) -> Self {
+        let cols = parts[0].cols;
+        assert!(
+            parts.iter().all(|p| p.cols == cols),
+            "stacked widths differ"
+        );
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let same = parts.iter().all(|p| p.format() == parts[0].format());
+        if !same {
+            let values: Vec<f32> = parts.iter().flat_map(|p| p.dequantize()).collect();
+            return QMatrix::quantize_q8_0(rows, cols, &values);
+        }
+        let mut it = parts.into_iter();
+        let mut first = it.next().expect("at least one part");
+        for p in it {
+            match (&mut first.blocks, p.blocks) {
+                (Blocks::Q4_0(a), Blocks::Q4_0(b)) => a.extend(b),
+                (Blocks::Q4_1(a), Blocks::Q4_1(b)) => a.extend(b),
+                (Blocks::Q8_0(a), Blocks::Q8_0(b)) => a.extend(b),
+                _ => unreachable!("formats checked above"),
+            }
+        }
+        first.rows = rows;
+        first
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn format(&self) -> Format {
+        match self.blocks {
+            Blocks::Q4_0(_) => Format::Q4_0,
+            Blocks::Q4_1(_) => Format::Q4_1,
+            Blocks::Q8_0(_) => Format::Q8_0,
+        }
+    }
+
+    fn n_blocks(&self) -> usize {
+        match &self.blocks {
+            Blocks::Q4_0(b) => b.len(),
+            Blocks::Q4_1(b) => b.len(),
+            Blocks::Q8_0(b) => b.len(),
+        }
+    }
+
+    /// Bytes the weights take.
+    pub fn size_bytes(&self) -> usize {
+        match &self.blocks {
+            Blocks::Q4_0(b) => std::mem::size_of_val(b.as_slice()),
+            Blocks::Q4_1(b) => std::mem::size_of_val(b.as_slice()),
+            Blocks::Q8_0(b) => std::mem::size_of_val(b.as_slice()),
+        }
+    }
+
+    /// One row as f32 (an embedding lookup).
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
+        let bpr = self.cols / BLOCK;
+        let range = row * bpr..(row + 1) * bpr;
+        match &self.blocks {
+            Blocks::Q4_0(b) => {
+                b[range]
+                    .iter()
+                    .zip(out.chunks_exact_mut(BLOCK))
+                    .for_each(|(b, o)| {
+                        let d = b.d.to_f32();
+                        for j in 0..BLOCK / 2 {
+                            o[j] = ((b.qs[j] & 0x0F) as i32 - 8) as f32 * d;
+                            o[j + BLOCK / 2] = ((b.qs[j] >> 4) as i32 - 8) as f32 * d;
+                        }
+                    })
+            }
+            Blocks::Q4_1(b) => {
+                b[range]
+                    .iter()
+                    .zip(out.chunks_exact_mut(BLOCK))
+                    .for_each(|(b, o)| {
+                        let (d, m) = (b.d.to_f32(), b.m.to_f32());
+                        for j in 0..BLOCK / 2 {
+                            o[j] = (b.qs[j] & 0x0F) as f32 * d + m;
+                            o[j + BLOCK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+                        }
+                    })
+            }
+            Blocks::Q8_0(b) => {
+                b[range]
+                    .iter()
+                    .zip(out.chunks_exact_mut(BLOCK))
+                    .for_each(|(b, o)| {
+                        let d = b.d.to_f32();
+                        for (o, q) in o.iter_mut().zip(b.qs) {
+                            *o = q as f32 * d;
+                        }
+                    })
+            }
+        }
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_f32(r, o);
+        }
+        out
+    }
+
+    /// `out[i * rows + r] = <row r, activation row i>` for every activation row.
+    pub fn matmul(&self, x: &Acts, out: &mut [f32]) {
+        assert_eq!(x.cols, self.cols, "activation width");
+        assert_eq!(out.len(), x.rows * self.rows, "output size");
+        let k = self.cols / BLOCK;
+        match &self.blocks {
+            Blocks::Q4_0(w) => matmul_with(w, k, self.rows, x, out, kernels().q4_0),
+            Blocks::Q4_1(w) => matmul_with(w, k, self.rows, x, out, kernels().q4_1),
+            Blocks::Q8_0(w) => matmul_with(w, k, self.rows, x, out, kernels().q8_0),
+        }
+    }
+}
+
+/// Activation rows quantized for [`QMatrix::matmul`].
+#[derive(Default)]
+pub struct Acts {
+    rows: usize,
+    cols: usize,
+    blocks: Vec<ActBlock>,
+}
+
+impl Acts {
+    /// Quantizes `x` (rows of `cols` values), reusing this buffer.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        assert_eq!(cols % BLOCK, 0, "columns must be a multiple of {BLOCK}");
+        self.rows = x.len() / cols;
+        self.cols = cols;
+        self.blocks.clear();
+        self.blocks.extend(x.chunks_exact(BLOCK).map(|x| {
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut qs = [0i8; BLOCK];
+            let mut sum = 0i32;
+            for (q, v) in qs.iter_mut().zip(x) {
+                *q = (v * id).round() as i8;
+                sum += *q as i32;
+            }
+            ActBlock {
+                d,
+                s: d * sum as f32,
+                qs,
+            }
+        }));
+    }
+}
+
+/// An output buffer that parallel tasks write disjoint parts of.
+pub(crate) struct SendPtr(*mut f32, usize);
+// SAFETY: users write disjoint elements from each task (see matmul_with).
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        SendPtr(buf.as_mut_ptr(), buf.len())
+    }
+
+    /// A method, so closures capture the Sync wrapper and not its field.
+    pub(crate) fn at(&self, i: usize) -> *mut f32 {
+        assert!(i < self.1, "index {i} outside the buffer ({})", self.1);
+        // SAFETY: in bounds (checked above).
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Runs `task(0..n)` on all cores (see [`Pool`]).
+pub(crate) fn parallel(n: usize, task: impl Fn(usize) + Sync) {
+    Pool::global().run(n, task)
+}
+
+/// Runs `task` on one contiguous part of `0..n` per thread, each part a
+/// multiple of `align` long (but the last).
+fn parallel_split(n: usize, align: usize, task: impl Fn(std::ops::Range<usize>) + Sync) {
+    let pool = Pool::global();
+    let part = n.div_ceil(pool.threads()).div_ceil(align) * align;
+    pool.run(pool.threads(), |t| {
+        let start = (t * part).min(n);
+        task(start..(start + part).min(n))
+    });
+}
+
+type Dot<W> = fn(&[W], &[ActBlock]) -> f32;
+type Dot4<W> = fn([&[W]; 4], &[ActBlock]) -> [f32; 4];
+
+fn matmul_with<W: Sync>(w: &[W], k: usize, n: usize, x: &Acts, out: &mut [f32], dots: Dots<W>) {
+    // Bands of weight rows small enough to stay in L1 while every activation
+    // row passes over them.
+    let band = 32;
+    let out_ptr = SendPtr::new(out);
+    let row = |r: usize| &w[r * k..(r + 1) * k];
+    let work = |rows: std::ops::Range<usize>| {
+        for i in 0..x.rows {
+            let a = &x.blocks[i * k..(i + 1) * k];
+            // SAFETY: (i, r) belongs to this band only; out has x.rows * n slots.
+            let put = |r: usize, v: f32| unsafe { *out_ptr.at(i * n + r) = v };
+            let mut r = rows.start;
+            while r + 4 <= rows.end {
+                let v = (dots.four)([row(r), row(r + 1), row(r + 2), row(r + 3)], a);
+                (0..4).for_each(|j| put(r + j, v[j]));
+                r += 4;
+            }
+            for r in r..rows.end {
+                put(r, (dots.one)(row(r), a));
+            }
+        }
+    };
+    let bands = |rows: std::ops::Range<usize>| {
+        (rows.start..rows.end)
+            .step_by(band)
+            .for_each(|b| work(b..(b + band).min(rows.end)))
+    };
+    if n * x.rows * k < 4096 {
+        bands(0..n)
+    } else if x.rows == 1 {
+        // Decoding reads each weight once: one contiguous stretch per thread
+        // keeps the hardware prefetchers streaming.
+        parallel_split(n, 4, bands)
+    } else {
+        parallel(n.div_ceil(band), |b| {
+            work(b * band..((b + 1) * band).min(n))
+        })
+    }
+}
+
+/// The kernels of one weight format.
+struct Dots<W: 'static> {
+    one: Dot<W>,
+    four: Dot4<W>,
+}
+
+impl<W> Clone for Dots<W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<W> Copy for Dots<W> {}
+
+struct Kernels {
+    q4_0: Dots<BlockQ4_0>,
+    q4_1: Dots<BlockQ4_1>,
+    q8_0: Dots<BlockQ8_0>,
+}
+
+/// The fastest kernels this CPU runs (checked once).
+fn kernels() -> &'static Kernels {
+    static K: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has the features these kernels are compiled for.
+            return Kernels {
+                q4_0: Dots {
+                    one: |w, a| unsafe { avx2::dot_q4_0(w, a) },
+                    four: |w, a| unsafe { avx2::dot4_q4_0(w, a) },
+                },
+                q4_1: Dots {
+                    one: |w, a| unsafe { avx2::dot_q4_1(w, a) },
+                    four: |w, a| unsafe { avx2::dot4_q4_1(w, a) },
+                },
+                q8_0: Dots {
+                    one: |w, a| unsafe { avx2::dot_q8_0(w, a) },
+                    four: |w, a| unsafe { avx2::dot4_q8_0(w, a) },
+                },
+            };
+        }
+        Kernels {
+            q4_0: Dots {
+                one: scalar::dot_q4_0,
+                four: |w, a| w.map(|w| scalar::dot_q4_0(w, a)),
+            },
+            q4_1: Dots {
+                one: scalar::dot_q4_1,
+                four: |w, a| w.map(|w| scalar::dot_q4_1(w, a)),
+            },
+            q8_0: Dots {
+                one: scalar::dot_q8_0,
+                four: |w, a| w.map(|w| scalar::dot_q8_0(w, a)),
+            },
+        }
+    })
+}
+
+/// Portable kernels; also the reference the SIMD ones are tested against.
+pub mod scalar {
+    use super::*;
+
+    pub fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlock]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let mut s = 0i32;
+                for j in 0..BLOCK / 2 {
+                    s += ((w.qs[j] & 0x0F) as i32 - 8) * a.qs[j] as i32;
+                    s += ((w.qs[j] >> 4) as i32 - 8) * a.qs[j + BLOCK / 2] as i32;
+                }
+                s as f32 * w.d.to_f32() * a.d
+            })
+            .sum()
+    }
+
+    pub fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let mut s = 0i32;
+                for j in 0..BLOCK / 2 {
+                    s += (w.qs[j] & 0x0F) as i32 * a.qs[j] as i32;
+                    s += (w.qs[j] >> 4) as i32 * a.qs[j + BLOCK / 2] as i32;
+                }
+                s as f32 * w.d.to_f32() * a.d + w.m.to_f32() * a.s
+            })
+            .sum()
+    }
+
+    pub fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let s: i32 =
+                    w.qs.iter()
+                        .zip(a.qs)
+                        .map(|(&x, y)| x as i32 * y as i32)
+                        .sum();
+                s as f32 * w.d.to_f32() * a.d
+            })
+            .sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// f16 to f32 in one instruction (`half` would call out of the loop).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f32_of(h: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+
+    /// The 32 nibbles of a block as bytes 0..15 in element order (low
+    /// nibbles are elements 0..15, high nibbles 16..31).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+        let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(qs: &[i8; 32]) -> __m256i {
+        _mm256_loadu_si256(qs.as_ptr() as *const __m256i)
+    }
+
+    /// Sum of 32 products of signed bytes, as 8 i32 lanes converted to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_i8(x: __m256i, y: __m256i) -> __m256 {
+        // maddubs takes one unsigned operand: move x's sign onto y.
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        dot_u8_i8(ax, sy)
+    }
+
+    /// Sum of 32 products of unsigned (< 128) by signed bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
+        let p16 = _mm256_maddubs_epi16(x, y);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    /// For one block format: `<w, a>` for one weight row, and for four
+    /// weight rows against the same activations. Each row has two (one row)
+    /// or its own (four rows) accumulators, so consecutive fused multiply-adds
+    /// do not wait on each other; four rows also share the activation loads.
+    /// `$prod`: the 8 partial sums of the block's integer products;
+    /// `$off`: the block's constant term (Q4_1's offset, else 0).
+    macro_rules! kernels {
+        ($one:ident, $four:ident, $B:ty,
+         |$w:ident, $a:ident| $prod:expr, |$wo:ident, $ao:ident| $off:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $one(w: &[$B], a: &[ActBlock]) -> f32 {
+                let a = &a[..w.len()];
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let mut off = [0f32; 2];
+                for (i, ($w, $a)) in w.iter().zip(a).enumerate() {
+                    let d = _mm256_set1_ps(f32_of($w.d) * $a.d);
+                    acc[i % 2] = _mm256_fmadd_ps(d, $prod, acc[i % 2]);
+                    let ($wo, $ao) = ($w, $a);
+                    off[i % 2] += $off;
+                }
+                hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $four(w: [&[$B]; 4], a: &[ActBlock]) -> [f32; 4] {
+                let n = w[0].len();
+                let w = w.map(|w| &w[..n]);
+                let a = &a[..n];
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut off = [0f32; 4];
+                for b in 0..n {
+                    let $a = &a[b];
+                    for r in 0..4 {
+                        let $w = &w[r][b];
+                        let d = _mm256_set1_ps(f32_of($w.d) * $a.d);
+                        acc[r] = _mm256_fmadd_ps(d, $prod, acc[r]);
+                        let ($wo, $ao) = ($w, $a);
+                        off[r] += $off;
+                    }
+                }
+                [0, 1, 2, 3].map(|r| hsum(acc[r]) + off[r])
+            }
+        };
+    }
+
+    kernels!(
+        dot_q8_0,
+        dot4_q8_0,
+        BlockQ8_0,
+        |w, a| dot_i8(load(&w.qs), load(&a.qs)),
+        |_w, _a| 0.0
+    );
+    kernels!(
+        dot_q4_0,
+        dot4_q4_0,
+        BlockQ4_0,
+        |w, a| dot_i8(
+            _mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8)),
+            load(&a.qs)
+        ),
+        |_w, _a| 0.0
+    );
+    // The nibbles are unsigned (0..15): maddubs takes them as they are.
+    kernels!(
+        dot_q4_1,
+        dot4_q4_1,
+        BlockQ4_1,
+        |w, a| dot_u8_i8(nibbles(&w.qs), load(&a.qs)),
+        |w, a| f32_of(w.m) * a.s
+    );
+}
+
+#[cfg(test)]
+mod tests;
