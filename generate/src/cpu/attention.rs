@@ -1,6 +1,8 @@
 //! Causal attention of one query head over a sequence's cached keys and
 //! values: the part of a decoding step that grows with the context.
 
+use super::math::{dot, exp};
+
 /// One head's inputs: its query, and its keys and values one position
 /// after the other (`q.len()` floats each).
 pub struct Head<'a> {
@@ -23,7 +25,7 @@ pub fn attend(h: &Head, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
@@ -52,58 +54,9 @@ fn attend_portable(h: &Head, out: &mut [f32]) {
     }
 }
 
-/// Dot product in 8 independent lanes, so the compiler vectorizes it.
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// e^x for x <= 0 (softmax after subtracting the maximum), within 5e-7
-/// relative: 2^k e^r with |r| <= ln2/2 and a degree-6 Taylor polynomial.
-/// Unlike libm's expf it has no branches or calls, so a loop of it vectorizes.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.max(-87.0);
-    let k = (x * LOG2E + 0.5).floor();
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_matches_libm_on_the_softmax_range() {
-        let mut worst = 0f32;
-        for i in 0..=200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-    }
 
     #[test]
     fn attention_is_a_softmax_weighted_mean_of_the_values() {

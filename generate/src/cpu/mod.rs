@@ -8,6 +8,7 @@
 //! batching changes speed, not text.
 
 mod attention;
+mod math;
 mod pool;
 mod quant;
 
@@ -310,9 +311,7 @@ impl CpuLlama {
             layer.gate_up.matmul(&acts, &mut gu);
             for (hr, g_u) in h.chunks_exact_mut(c.n_ff).zip(gu.chunks_exact(2 * c.n_ff)) {
                 let (g, u) = g_u.split_at(c.n_ff);
-                for ((h, &g), &u) in hr.iter_mut().zip(g).zip(u) {
-                    *h = g / (1.0 + (-g).exp()) * u;
-                }
+                math::swiglu(g, u, hr);
             }
             acts.quantize(&h, c.n_ff);
             layer.down.matmul(&acts, &mut proj);
@@ -453,7 +452,7 @@ fn rope_tables(c: &Config) -> (Vec<f32>, Vec<f32>) {
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = attention::dot(xr, xr) / d as f32;
+        let ms = math::dot(xr, xr) / d as f32;
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(w) {
             *o = v * s * w;

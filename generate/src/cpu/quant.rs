@@ -324,6 +324,7 @@ fn parallel_split(n: usize, align: usize, task: impl Fn(std::ops::Range<usize>) 
 
 type Dot<W> = fn(&[W], &[ActBlock]) -> f32;
 type Dot4<W> = fn([&[W]; 4], &[ActBlock]) -> [f32; 4];
+type Dot42<W> = fn([&[W]; 4], [&[ActBlock]; 2]) -> [[f32; 4]; 2];
 
 fn matmul_with<W: Sync>(w: &[W], k: usize, n: usize, x: &Acts, out: &mut [f32], dots: Dots<W>) {
     // Bands of weight rows small enough to stay in L1 while every activation
@@ -331,19 +332,37 @@ fn matmul_with<W: Sync>(w: &[W], k: usize, n: usize, x: &Acts, out: &mut [f32], 
     let band = 32;
     let out_ptr = SendPtr::new(out);
     let row = |r: usize| &w[r * k..(r + 1) * k];
+    // Activation rows in pairs (each weight block unpacked once for both),
+    // weight rows in fours. Every kernel sums a row's blocks in the same
+    // order, so a row's result does not depend on its neighbours.
     let work = |rows: std::ops::Range<usize>| {
-        for i in 0..x.rows {
-            let a = &x.blocks[i * k..(i + 1) * k];
-            // SAFETY: (i, r) belongs to this band only; out has x.rows * n slots.
-            let put = |r: usize, v: f32| unsafe { *out_ptr.at(i * n + r) = v };
-            let mut r = rows.start;
-            while r + 4 <= rows.end {
-                let v = (dots.four)([row(r), row(r + 1), row(r + 2), row(r + 3)], a);
-                (0..4).for_each(|j| put(r + j, v[j]));
-                r += 4;
+        let quads = rows.start..rows.start + (rows.len() / 4) * 4;
+        // SAFETY: (i, r) belongs to this band only; out has x.rows * n slots.
+        let put = |i: usize, r: usize, v: f32| unsafe { *out_ptr.at(i * n + r) = v };
+        let act = |i: usize| &x.blocks[i * k..(i + 1) * k];
+        let mut i = 0;
+        while i + 2 <= x.rows {
+            for r in quads.clone().step_by(4) {
+                let v = (dots.four2)(
+                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                    [act(i), act(i + 1)],
+                );
+                (0..4).for_each(|j| {
+                    put(i, r + j, v[0][j]);
+                    put(i + 1, r + j, v[1][j]);
+                });
             }
-            for r in r..rows.end {
-                put(r, (dots.one)(row(r), a));
+            i += 2;
+        }
+        if i < x.rows {
+            for r in quads.clone().step_by(4) {
+                let v = (dots.four)([row(r), row(r + 1), row(r + 2), row(r + 3)], act(i));
+                (0..4).for_each(|j| put(i, r + j, v[j]));
+            }
+        }
+        for i in 0..x.rows {
+            for r in quads.end..rows.end {
+                put(i, r, (dots.one)(row(r), act(i)));
             }
         }
     };
@@ -369,6 +388,7 @@ fn matmul_with<W: Sync>(w: &[W], k: usize, n: usize, x: &Acts, out: &mut [f32], 
 struct Dots<W: 'static> {
     one: Dot<W>,
     four: Dot4<W>,
+    four2: Dot42<W>,
 }
 
 impl<W> Clone for Dots<W> {
@@ -398,14 +418,17 @@ fn kernels() -> &'static Kernels {
                 q4_0: Dots {
                     one: |w, a| unsafe { avx2::dot_q4_0(w, a) },
                     four: |w, a| unsafe { avx2::dot4_q4_0(w, a) },
+                    four2: |w, a| unsafe { avx2::dot42_q4_0(w, a) },
                 },
                 q4_1: Dots {
                     one: |w, a| unsafe { avx2::dot_q4_1(w, a) },
                     four: |w, a| unsafe { avx2::dot4_q4_1(w, a) },
+                    four2: |w, a| unsafe { avx2::dot42_q4_1(w, a) },
                 },
                 q8_0: Dots {
                     one: |w, a| unsafe { avx2::dot_q8_0(w, a) },
                     four: |w, a| unsafe { avx2::dot4_q8_0(w, a) },
+                    four2: |w, a| unsafe { avx2::dot42_q8_0(w, a) },
                 },
             };
         }
@@ -413,14 +436,17 @@ fn kernels() -> &'static Kernels {
             q4_0: Dots {
                 one: scalar::dot_q4_0,
                 four: |w, a| w.map(|w| scalar::dot_q4_0(w, a)),
+                four2: |w, a| a.map(|a| w.map(|w| scalar::dot_q4_0(w, a))),
             },
             q4_1: Dots {
                 one: scalar::dot_q4_1,
                 four: |w, a| w.map(|w| scalar::dot_q4_1(w, a)),
+                four2: |w, a| a.map(|a| w.map(|w| scalar::dot_q4_1(w, a))),
             },
             q8_0: Dots {
                 one: scalar::dot_q8_0,
                 four: |w, a| w.map(|w| scalar::dot_q8_0(w, a)),
+                four2: |w, a| a.map(|a| w.map(|w| scalar::dot_q8_0(w, a))),
             },
         }
     })
@@ -514,16 +540,6 @@ mod avx2 {
         _mm256_loadu_si256(qs.as_ptr() as *const __m256i)
     }
 
-    /// Sum of 32 products of signed bytes, as 8 i32 lanes converted to f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_i8(x: __m256i, y: __m256i) -> __m256 {
-        // maddubs takes one unsigned operand: move x's sign onto y.
-        let ax = _mm256_sign_epi8(x, x);
-        let sy = _mm256_sign_epi8(y, x);
-        dot_u8_i8(ax, sy)
-    }
-
     /// Sum of 32 products of unsigned (< 128) by signed bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -532,24 +548,64 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 
-    /// For one block format: `<w, a>` for one weight row, and for four
-    /// weight rows against the same activations. Each row has two (one row)
-    /// or its own (four rows) accumulators, so consecutive fused multiply-adds
-    /// do not wait on each other; four rows also share the activation loads.
-    /// `$prod`: the 8 partial sums of the block's integer products;
-    /// `$off`: the block's constant term (Q4_1's offset, else 0).
+    /// A weight block's 32 values as bytes, ready for `maddubs` (which takes
+    /// one unsigned operand): unsigned values as they are; signed ones as
+    /// their magnitudes, with the signs moved onto the activations.
+    #[derive(Clone, Copy)]
+    struct WeightBytes {
+        unsigned: __m256i,
+        signs: Option<__m256i>,
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn signed(x: __m256i) -> WeightBytes {
+        WeightBytes {
+            unsigned: _mm256_sign_epi8(x, x),
+            signs: Some(x),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn unsigned(x: __m256i) -> WeightBytes {
+        WeightBytes {
+            unsigned: x,
+            signs: None,
+        }
+    }
+
+    /// The 8 partial sums of the block's 32 integer products.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prod(w: WeightBytes, a: &ActBlock) -> __m256 {
+        let y = load(&a.qs);
+        let y = match w.signs {
+            Some(s) => _mm256_sign_epi8(y, s),
+            None => y,
+        };
+        dot_u8_i8(w.unsigned, y)
+    }
+
+    /// For one block format: `<w, a>` for one weight row; for four weight
+    /// rows against one activation row (decoding); and for four weight rows
+    /// against two activation rows (prompts: each weight block is unpacked
+    /// once for both). Every output has its own accumulator (one row: two),
+    /// so consecutive fused multiply-adds do not wait on each other.
+    /// `$unpack`: the block's bytes; `$off`: its constant term (Q4_1's
+    /// offset times the activations' sum, else 0).
     macro_rules! kernels {
-        ($one:ident, $four:ident, $B:ty,
-         |$w:ident, $a:ident| $prod:expr, |$wo:ident, $ao:ident| $off:expr) => {
+        ($one:ident, $four:ident, $four2:ident, $B:ty,
+         |$w:ident| $unpack:expr, |$wo:ident, $ao:ident| $off:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             pub unsafe fn $one(w: &[$B], a: &[ActBlock]) -> f32 {
                 let a = &a[..w.len()];
                 let mut acc = [_mm256_setzero_ps(); 2];
                 let mut off = [0f32; 2];
-                for (i, ($w, $a)) in w.iter().zip(a).enumerate() {
-                    let d = _mm256_set1_ps(f32_of($w.d) * $a.d);
-                    acc[i % 2] = _mm256_fmadd_ps(d, $prod, acc[i % 2]);
-                    let ($wo, $ao) = ($w, $a);
+                for (i, ($w, ab)) in w.iter().zip(a).enumerate() {
+                    let d = _mm256_set1_ps(f32_of($w.d) * ab.d);
+                    acc[i % 2] = _mm256_fmadd_ps(d, prod($unpack, ab), acc[i % 2]);
+                    let ($wo, $ao) = ($w, ab);
                     off[i % 2] += $off;
                 }
                 hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
@@ -563,16 +619,63 @@ mod avx2 {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut off = [0f32; 4];
                 for b in 0..n {
-                    let $a = &a[b];
+                    let ab = &a[b];
                     for r in 0..4 {
                         let $w = &w[r][b];
-                        let d = _mm256_set1_ps(f32_of($w.d) * $a.d);
-                        acc[r] = _mm256_fmadd_ps(d, $prod, acc[r]);
-                        let ($wo, $ao) = ($w, $a);
+                        let d = _mm256_set1_ps(f32_of($w.d) * ab.d);
+                        acc[r] = _mm256_fmadd_ps(d, prod($unpack, ab), acc[r]);
+                        let ($wo, $ao) = ($w, ab);
                         off[r] += $off;
                     }
                 }
                 [0, 1, 2, 3].map(|r| hsum(acc[r]) + off[r])
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $four2(w: [&[$B]; 4], a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
+                let n = w[0].len();
+                let w = w.map(|w| &w[..n]);
+                let a = a.map(|a| &a[..n]);
+                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                let mut off = [[0f32; 4]; 2];
+                for b in 0..n {
+                    // Written out, not `[0, 1, 2, 3].map(..)`: a closure would
+                    // not inherit this function's target features (nor inline).
+                    let bytes = [
+                        {
+                            let $w = &w[0][b];
+                            $unpack
+                        },
+                        {
+                            let $w = &w[1][b];
+                            $unpack
+                        },
+                        {
+                            let $w = &w[2][b];
+                            $unpack
+                        },
+                        {
+                            let $w = &w[3][b];
+                            $unpack
+                        },
+                    ];
+                    let dw = [
+                        f32_of(w[0][b].d),
+                        f32_of(w[1][b].d),
+                        f32_of(w[2][b].d),
+                        f32_of(w[3][b].d),
+                    ];
+                    for j in 0..2 {
+                        let ab = &a[j][b];
+                        for r in 0..4 {
+                            let d = _mm256_set1_ps(dw[r] * ab.d);
+                            acc[j][r] = _mm256_fmadd_ps(d, prod(bytes[r], ab), acc[j][r]);
+                            let ($wo, $ao) = (&w[r][b], ab);
+                            off[j][r] += $off;
+                        }
+                    }
+                }
+                [0, 1].map(|j| [0, 1, 2, 3].map(|r| hsum(acc[j][r]) + off[j][r]))
             }
         };
     }
@@ -580,26 +683,25 @@ mod avx2 {
     kernels!(
         dot_q8_0,
         dot4_q8_0,
+        dot42_q8_0,
         BlockQ8_0,
-        |w, a| dot_i8(load(&w.qs), load(&a.qs)),
+        |w| signed(_mm256_loadu_si256(w.qs.as_ptr() as *const __m256i)),
         |_w, _a| 0.0
     );
     kernels!(
         dot_q4_0,
         dot4_q4_0,
+        dot42_q4_0,
         BlockQ4_0,
-        |w, a| dot_i8(
-            _mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8)),
-            load(&a.qs)
-        ),
+        |w| signed(_mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8))),
         |_w, _a| 0.0
     );
-    // The nibbles are unsigned (0..15): maddubs takes them as they are.
     kernels!(
         dot_q4_1,
         dot4_q4_1,
+        dot42_q4_1,
         BlockQ4_1,
-        |w, a| dot_u8_i8(nibbles(&w.qs), load(&a.qs)),
+        |w| unsigned(nibbles(&w.qs)),
         |w, a| f32_of(w.m) * a.s
     );
 }

@@ -91,6 +91,34 @@ fn simd_kernels_agree_with_the_portable_ones() {
 }
 
 #[test]
+fn pairs_of_activation_rows_give_exactly_what_single_rows_give() {
+    let cols = 256;
+    let k = cols / BLOCK;
+    let mut acts = Acts::default();
+    acts.quantize(&random_values(2 * cols, 9), cols);
+    let (a0, a1) = acts.blocks.split_at(k);
+    let kern = kernels();
+    let q41: Vec<BlockQ4_1> = blocks_from_bytes(&random_blocks(Format::Q4_1, 4 * k, 5));
+    let w41: [&[BlockQ4_1]; 4] = [0, 1, 2, 3].map(|r| &q41[r * k..(r + 1) * k]);
+    let q80: Vec<BlockQ8_0> = blocks_from_bytes(&random_blocks(Format::Q8_0, 4 * k, 6));
+    let w80: [&[BlockQ8_0]; 4] = [0, 1, 2, 3].map(|r| &q80[r * k..(r + 1) * k]);
+    let q40: Vec<BlockQ4_0> = blocks_from_bytes(&random_blocks(Format::Q4_0, 4 * k, 7));
+    let w40: [&[BlockQ4_0]; 4] = [0, 1, 2, 3].map(|r| &q40[r * k..(r + 1) * k]);
+    assert_eq!(
+        (kern.q4_1.four2)(w41, [a0, a1]),
+        [(kern.q4_1.four)(w41, a0), (kern.q4_1.four)(w41, a1)]
+    );
+    assert_eq!(
+        (kern.q8_0.four2)(w80, [a0, a1]),
+        [(kern.q8_0.four)(w80, a0), (kern.q8_0.four)(w80, a1)]
+    );
+    assert_eq!(
+        (kern.q4_0.four2)(w40, [a0, a1]),
+        [(kern.q4_0.four)(w40, a0), (kern.q4_0.four)(w40, a1)]
+    );
+}
+
+#[test]
 fn a_row_gives_the_same_product_alone_and_in_a_batch() {
     let (rows, cols) = (300, 64);
     let w = QMatrix::from_ggml(
