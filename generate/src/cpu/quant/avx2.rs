@@ -1,0 +1,205 @@
+//! The kernels for x86-64 CPUs with AVX2, FMA and F16C (checked at run time).
+
+use super::*;
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// f16 to f32 in one instruction (`half` would call out of the loop).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f32_of(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// The 32 nibbles of a block as bytes 0..15 in element order (low
+/// nibbles are elements 0..15, high nibbles 16..31).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load(qs: &[i8; 32]) -> __m256i {
+    _mm256_loadu_si256(qs.as_ptr() as *const __m256i)
+}
+
+/// Sum of 32 products of unsigned (< 128) by signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
+    let p16 = _mm256_maddubs_epi16(x, y);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+/// A weight block's 32 values as bytes, ready for `maddubs` (which takes
+/// one unsigned operand): unsigned values as they are; signed ones as
+/// their magnitudes, with the signs moved onto the activations.
+#[derive(Clone, Copy)]
+struct WeightBytes {
+    unsigned: __m256i,
+    signs: Option<__m256i>,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed(x: __m256i) -> WeightBytes {
+    WeightBytes {
+        unsigned: _mm256_sign_epi8(x, x),
+        signs: Some(x),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unsigned(x: __m256i) -> WeightBytes {
+    WeightBytes {
+        unsigned: x,
+        signs: None,
+    }
+}
+
+/// The 8 partial sums of the block's 32 integer products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prod(w: WeightBytes, a: &ActBlock) -> __m256 {
+    let y = load(&a.qs);
+    let y = match w.signs {
+        Some(s) => _mm256_sign_epi8(y, s),
+        None => y,
+    };
+    dot_u8_i8(w.unsigned, y)
+}
+
+/// For one block format: `<w, a>` for one weight row; for four weight
+/// rows against one activation row (decoding); and for four weight rows
+/// against two activation rows (prompts: each weight block is unpacked
+/// once for both). Every output has its own accumulator (one row: two),
+/// so consecutive fused multiply-adds do not wait on each other.
+/// `$unpack`: the block's bytes; `$off`: its constant term (Q4_1's
+/// offset times the activations' sum, else 0).
+macro_rules! kernels {
+    ($one:ident, $four:ident, $four2:ident, $B:ty,
+     |$w:ident| $unpack:expr, |$wo:ident, $ao:ident| $off:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $one(w: &[$B], a: &[ActBlock]) -> f32 {
+            let a = &a[..w.len()];
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut off = [0f32; 2];
+            for (i, ($w, ab)) in w.iter().zip(a).enumerate() {
+                let d = _mm256_set1_ps(f32_of($w.d) * ab.d);
+                acc[i % 2] = _mm256_fmadd_ps(d, prod($unpack, ab), acc[i % 2]);
+                let ($wo, $ao) = ($w, ab);
+                off[i % 2] += $off;
+            }
+            hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $four(w: [&[$B]; 4], a: &[ActBlock]) -> [f32; 4] {
+            let n = w[0].len();
+            let w = w.map(|w| &w[..n]);
+            let a = &a[..n];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut off = [0f32; 4];
+            for b in 0..n {
+                let ab = &a[b];
+                for r in 0..4 {
+                    let $w = &w[r][b];
+                    let d = _mm256_set1_ps(f32_of($w.d) * ab.d);
+                    acc[r] = _mm256_fmadd_ps(d, prod($unpack, ab), acc[r]);
+                    let ($wo, $ao) = ($w, ab);
+                    off[r] += $off;
+                }
+            }
+            [0, 1, 2, 3].map(|r| hsum(acc[r]) + off[r])
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $four2(w: [&[$B]; 4], a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
+            let n = w[0].len();
+            let w = w.map(|w| &w[..n]);
+            let a = a.map(|a| &a[..n]);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            let mut off = [[0f32; 4]; 2];
+            for b in 0..n {
+                // Written out, not `[0, 1, 2, 3].map(..)`: a closure would
+                // not inherit this function's target features (nor inline).
+                let bytes = [
+                    {
+                        let $w = &w[0][b];
+                        $unpack
+                    },
+                    {
+                        let $w = &w[1][b];
+                        $unpack
+                    },
+                    {
+                        let $w = &w[2][b];
+                        $unpack
+                    },
+                    {
+                        let $w = &w[3][b];
+                        $unpack
+                    },
+                ];
+                let dw = [
+                    f32_of(w[0][b].d),
+                    f32_of(w[1][b].d),
+                    f32_of(w[2][b].d),
+                    f32_of(w[3][b].d),
+                ];
+                for j in 0..2 {
+                    let ab = &a[j][b];
+                    for r in 0..4 {
+                        let d = _mm256_set1_ps(dw[r] * ab.d);
+                        acc[j][r] = _mm256_fmadd_ps(d, prod(bytes[r], ab), acc[j][r]);
+                        let ($wo, $ao) = (&w[r][b], ab);
+                        off[j][r] += $off;
+                    }
+                }
+            }
+            [0, 1].map(|j| [0, 1, 2, 3].map(|r| hsum(acc[j][r]) + off[j][r]))
+        }
+    };
+}
+
+kernels!(
+    dot_q8_0,
+    dot4_q8_0,
+    dot42_q8_0,
+    BlockQ8_0,
+    |w| signed(_mm256_loadu_si256(w.qs.as_ptr() as *const __m256i)),
+    |_w, _a| 0.0
+);
+kernels!(
+    dot_q4_0,
+    dot4_q4_0,
+    dot42_q4_0,
+    BlockQ4_0,
+    |w| signed(_mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8))),
+    |_w, _a| 0.0
+);
+kernels!(
+    dot_q4_1,
+    dot4_q4_1,
+    dot42_q4_1,
+    BlockQ4_1,
+    |w| unsigned(nibbles(&w.qs)),
+    |w, a| f32_of(w.m) * a.s
+);
