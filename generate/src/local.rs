@@ -157,6 +157,29 @@ impl LocalGenerator {
         Ok(ids)
     }
 
+    /// One forward pass for `seqs` (their prompts, or the token each sampled
+    /// last), after which each samples its next token. Returns its seconds.
+    fn step(&self, seqs: &mut [Sequence], prefill: bool) -> Result<f64> {
+        let t = Instant::now();
+        let logits = {
+            let mut steps: Vec<Step> = seqs
+                .iter_mut()
+                .map(|s| Step {
+                    tokens: match prefill {
+                        true => &s.prompt,
+                        false => std::slice::from_ref(s.out.last().expect("a sampled token")),
+                    },
+                    cache: &mut s.cache,
+                })
+                .collect();
+            self.model.forward(&mut steps)?
+        };
+        for (seq, l) in seqs.iter_mut().zip(logits) {
+            seq.take(l, &self.eos, &self.tokenizer)?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+
     /// A request ready to be prefilled.
     fn start(&self, index: usize, r: &Request) -> Result<Sequence> {
         let prompt = self.encode_prompt(&self.template.render(&r.messages)?)?;
@@ -292,23 +315,9 @@ impl Generator for LocalGenerator {
                 }
             }
             if !fresh.is_empty() {
-                let t = Instant::now();
-                let logits = {
-                    let mut steps: Vec<Step> = fresh
-                        .iter_mut()
-                        .map(|s| Step {
-                            cache: &mut s.cache,
-                            tokens: &s.prompt,
-                        })
-                        .collect();
-                    self.model.forward(&mut steps)?
-                };
+                self.stats.prompt_secs += self.step(&mut fresh, true)?;
                 self.stats.prompt_tokens +=
                     fresh.iter().map(|s| s.prompt.len() as u64).sum::<u64>();
-                self.stats.prompt_secs += t.elapsed().as_secs_f64();
-                for (seq, l) in fresh.iter_mut().zip(logits) {
-                    seq.take(l, &self.eos, &self.tokenizer)?;
-                }
                 active.extend(fresh);
             }
             let mut i = 0;
@@ -330,22 +339,8 @@ impl Generator for LocalGenerator {
                 }
                 continue;
             }
-            let t = Instant::now();
-            let logits = {
-                let mut steps: Vec<Step> = active
-                    .iter_mut()
-                    .map(|s| Step {
-                        cache: &mut s.cache,
-                        tokens: std::slice::from_ref(s.out.last().expect("a sampled token")),
-                    })
-                    .collect();
-                self.model.forward(&mut steps)?
-            };
+            self.stats.completion_secs += self.step(&mut active, false)?;
             self.stats.completion_tokens += active.len() as u64;
-            self.stats.completion_secs += t.elapsed().as_secs_f64();
-            for (seq, l) in active.iter_mut().zip(logits) {
-                seq.take(l, &self.eos, &self.tokenizer)?;
-            }
         }
     }
 
