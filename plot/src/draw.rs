@@ -157,6 +157,21 @@ fn lines<DB: DrawingBackend>(
         None => padded(xs(series).chain(right.into_iter().flat_map(|r| xs(&r.series)))),
     };
     let y_range = padded(ys(series).chain(references.iter().map(|r| r.y)));
+    let right_range = right.map(|r| padded(ys(&r.series)));
+    // Where the legend hides the fewest points, on either axis.
+    let unit = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
+    let corner = emptiest_corner(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .map(|&(x, y)| (unit(x, &x_range), unit(y, &y_range)))
+            .chain(right.iter().zip(&right_range).flat_map(|(r, yr)| {
+                r.series
+                    .iter()
+                    .flat_map(|s| s.points.iter())
+                    .map(|&(x, y)| (unit(x, &x_range), unit(y, yr)))
+            })),
+    );
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(&panel.title, (FONT, 20))
@@ -168,7 +183,7 @@ fn lines<DB: DrawingBackend>(
             .build_cartesian_2d(x_range.clone(), y_range)
             .map_err(err)?;
         left_side(&mut chart, panel, series, x_ticks, references, &x_range)?;
-        return legend(&mut chart);
+        return legend(&mut chart, corner);
     };
     builder.right_y_label_area_size(64);
     // The secondary coordinates must exist before the mesh is drawn, or the
@@ -176,7 +191,7 @@ fn lines<DB: DrawingBackend>(
     let mut dual = builder
         .build_cartesian_2d(x_range.clone(), y_range)
         .map_err(err)?
-        .set_secondary_coord(x_range.clone(), padded(ys(&right.series)));
+        .set_secondary_coord(x_range.clone(), right_range.unwrap_or(0.0..1.0));
     left_side(&mut dual, panel, series, x_ticks, references, &x_range)?;
     let y_fmt = |v: &f64| tick_label(*v);
     dual.configure_secondary_axes()
@@ -186,7 +201,12 @@ fn lines<DB: DrawingBackend>(
         .y_label_formatter(&y_fmt)
         .draw()
         .map_err(err)?;
-    let offset = series.len() + references.len();
+    // One right series per left one (a model's loss and its data's
+    // diversity): the same colour, dashed. Otherwise colours of their own.
+    let offset = match right.series.len() == series.len() {
+        true => 0,
+        false => series.len() + references.len(),
+    };
     for (i, s) in right.series.iter().enumerate() {
         let c = color(offset + i);
         dual.draw_secondary_series(DashedLineSeries::new(
@@ -205,7 +225,28 @@ fn lines<DB: DrawingBackend>(
         )
         .map_err(err)?;
     }
-    legend(&mut dual)
+    legend(&mut dual, corner)
+}
+
+/// The corner of the plot (points in unit coordinates) whose quarter holds
+/// the fewest points; the upper right on a tie.
+fn emptiest_corner(points: impl Iterator<Item = (f64, f64)>) -> SeriesLabelPosition {
+    let mut counts = [0usize; 4];
+    for (x, y) in points {
+        let (right, upper) = (x > 0.5, y > 0.5);
+        counts[usize::from(right) + 2 * usize::from(upper)] += 1;
+    }
+    use SeriesLabelPosition::*;
+    [
+        (3, UpperRight),
+        (2, UpperLeft),
+        (1, LowerRight),
+        (0, LowerLeft),
+    ]
+    .into_iter()
+    .min_by_key(|(i, _)| counts[*i])
+    .map(|(_, p)| p)
+    .unwrap_or(UpperRight)
 }
 
 /// Mesh, left-axis series and reference lines.
@@ -269,10 +310,11 @@ fn left_side<DB: DrawingBackend>(
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
+    corner: SeriesLabelPosition,
 ) -> Res {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(corner)
         .label_font((FONT, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
@@ -342,7 +384,7 @@ fn histogram<DB: DrawingBackend>(
             .label(&s.label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], c.filled()));
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn scatter<DB: DrawingBackend>(
@@ -363,5 +405,22 @@ fn scatter<DB: DrawingBackend>(
             .label(&s.label)
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_where_the_fewest_points_are() {
+        let pos = |pts: &[(f64, f64)]| format!("{:?}", emptiest_corner(pts.iter().copied()));
+        // Lines falling from the upper left: the upper right is empty.
+        assert_eq!(pos(&[(0.0, 0.9), (0.5, 0.5), (1.0, 0.1)]), "UpperRight");
+        // Points across the top: a lower corner.
+        assert_eq!(pos(&[(0.1, 0.9), (0.9, 0.9), (0.2, 0.2)]), "LowerRight");
+        // Only the upper right is taken.
+        assert_eq!(pos(&[(0.9, 0.9), (0.8, 0.7)]), "UpperLeft");
+        assert_eq!(pos(&[]), "UpperRight");
+    }
 }

@@ -9,7 +9,7 @@ use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Thread
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
-use crate::generation::{common_params, fill, strip_marker, Gen, Job};
+use crate::generation::{self, common_params, fill, strip_marker, Gen, Job};
 use crate::seeds::item_hash;
 
 pub const DEFAULT_PROMPT: &str = "Read this story summary.\n\n{context}\n\nHere are questions \
@@ -51,7 +51,7 @@ impl Stage for GenerateQa {
         "generate_qa"
     }
     fn version(&self) -> u32 {
-        1
+        generation::VERSION
     }
     fn about(&self) -> &'static str {
         "K new QA pairs per NarrativeQA context, seeded with real pairs of that context (Fig. 10)"

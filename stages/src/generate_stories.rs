@@ -11,7 +11,7 @@ use flow_engine::{Context, Outcome, ParamProblem, ParamSpec, Params, Stage, Stag
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
-use crate::generation::{common_params, fill, sentences, Gen, Job};
+use crate::generation::{self, common_params, fill, sentences, Gen, Job};
 use crate::seeds::item_hash;
 use crate::topics::TOPICS_FILE;
 
@@ -53,7 +53,7 @@ impl Stage for GenerateStories {
         "generate_stories"
     }
     fn version(&self) -> u32 {
-        1
+        generation::VERSION
     }
     fn about(&self) -> &'static str {
         "Topic-guided story generation (Sec 3.2.1): one topic from a subset of size m_t plus real \

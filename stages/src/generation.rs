@@ -157,6 +157,13 @@ struct Prices {
     completion: f64,
 }
 
+/// The implementation version of every generation stage (topics, stories,
+/// QA pairs, paraphrases): bump it when prompts, parsing or the local
+/// generator's numerics change, so their cached results become stale.
+/// Journaled answers are still reused: their keys name the generator itself.
+/// 2: flow's own CPU llama (journal identity `flow-generate/local/v3`).
+pub const VERSION: u32 = 2;
+
 pub struct Gen {
     pub journaled: Journaled,
     pub sampling: Sampling,

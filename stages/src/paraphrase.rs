@@ -13,7 +13,7 @@ use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Thread
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Task, DATA_FILE};
-use crate::generation::{common_params, fill, strip_marker, Gen, Job};
+use crate::generation::{self, common_params, fill, strip_marker, Gen, Job};
 use crate::seeds::item_hash;
 
 pub const DEFAULT_PROMPT: &str = "Here is a question about a story, with its answer:\nQ: \
@@ -58,7 +58,7 @@ impl Stage for Paraphrase {
         "paraphrase"
     }
     fn version(&self) -> u32 {
-        1
+        generation::VERSION
     }
     fn about(&self) -> &'static str {
         "m_p paraphrases of the anchor questions of each context (Fig. 11)"

@@ -42,7 +42,9 @@ impl Stage for Plot {
     }
 
     fn version(&self) -> u32 {
-        2
+        // 3: the legend goes to the emptiest corner; a right-axis series
+        // matching a left one takes its colour.
+        3
     }
 
     fn about(&self) -> &'static str {

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use flow_engine::{Context, Outcome, ParamSpec, Stage, StageError, Threads};
 use flow_generate::Message;
 
-use crate::generation::{common_params, fill, strip_marker, Gen, Job};
+use crate::generation::{self, common_params, fill, strip_marker, Gen, Job};
 
 pub const TOPICS_FILE: &str = "topics.json";
 
@@ -70,7 +70,7 @@ impl Stage for Topics {
         "topics"
     }
     fn version(&self) -> u32 {
-        1
+        generation::VERSION
     }
     fn about(&self) -> &'static str {
         "A deduplicated pool of story topics asked from an LLM (Appendix A.4)"
