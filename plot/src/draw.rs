@@ -201,9 +201,10 @@ fn lines<DB: DrawingBackend>(
         .y_label_formatter(&y_fmt)
         .draw()
         .map_err(err)?;
-    // One right series per left one (a model's loss and its data's
-    // diversity): the same colour, dashed. Otherwise colours of their own.
-    let offset = match right.series.len() == series.len() {
+    // One right series per left one, several of each (each model's loss
+    // and its data's diversity): the same colour, dashed. Otherwise (one of
+    // each: two quantities of one model) colours of their own.
+    let offset = match right.series.len() == series.len() && series.len() > 1 {
         true => 0,
         false => series.len() + references.len(),
     };
