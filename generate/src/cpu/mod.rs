@@ -28,7 +28,8 @@ pub struct Config {
     pub head_dim: usize,
     pub n_ff: usize,
     pub vocab: usize,
-    /// Longest sequence the model was trained for (and the rope table covers).
+    /// Longest sequence run: the model's training context, at most 32K
+    /// (the rope table's size).
     pub context: usize,
     rope_dim: usize,
     rope_base: f64,
@@ -131,7 +132,7 @@ impl CpuLlama {
             head_dim,
             n_ff: num("feed_forward_length")?,
             vocab: embed.rows(),
-            context: num("context_length").unwrap_or(4096),
+            context: num("context_length").unwrap_or(4096).min(MAX_TABLE),
             rope_dim: num("rope.dimension_count").unwrap_or(head_dim),
             rope_base: md("llama.rope.freq_base")
                 .and_then(|v| v.to_f32().map_err(cerr))
@@ -215,21 +216,6 @@ impl CpuLlama {
         &self.cfg
     }
 
-    /// Bytes the weights take in memory.
-    pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.size_bytes()
-                    + l.wo.size_bytes()
-                    + l.gate_up.size_bytes()
-                    + l.down.size_bytes()
-            })
-            .sum();
-        layers + self.embed.size_bytes() + self.output.as_ref().map_or(0, |o| o.size_bytes())
-    }
-
     fn output(&self) -> &QMatrix {
         self.output.as_ref().unwrap_or(&self.embed)
     }
@@ -247,10 +233,10 @@ impl CpuLlama {
                 return Err(GenError::Other("a forward step without tokens".into()));
             }
             let end = step.cache.len + step.tokens.len();
-            if end > c.context.min(MAX_TABLE) {
+            if end > c.context {
                 return Err(GenError::Other(format!(
                     "the sequence would reach {end} tokens; the model takes at most {}",
-                    c.context.min(MAX_TABLE)
+                    c.context
                 )));
             }
             if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= c.vocab) {
@@ -433,7 +419,7 @@ fn vector(t: &QTensor) -> Result<Vec<f32>> {
 
 fn rope_tables(c: &Config) -> (Vec<f32>, Vec<f32>) {
     let half = c.rope_dim / 2;
-    let positions = c.context.min(MAX_TABLE);
+    let positions = c.context;
     let freqs: Vec<f64> = (0..half)
         .map(|i| c.rope_base.powf(-((2 * i) as f64) / c.rope_dim as f64))
         .collect();
