@@ -165,6 +165,11 @@ fn lines<DB: DrawingBackend>(
             .iter()
             .flat_map(|s| s.points.iter())
             .map(|&(x, y)| (unit(x, &x_range), unit(y, &y_range)))
+            // A reference line spans the panel: a point in every column.
+            .chain(references.iter().flat_map(|r| {
+                let y = unit(r.y, &y_range);
+                [0.0, 0.25, 0.5, 0.75, 1.0].map(|x| (x, y))
+            }))
             .chain(right.iter().zip(&right_range).flat_map(|(r, yr)| {
                 r.series
                     .iter()
