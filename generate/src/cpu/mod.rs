@@ -264,6 +264,8 @@ impl CpuLlama {
         let mut gu = vec![0f32; n * 2 * c.n_ff];
         let mut h = vec![0f32; n * c.n_ff];
         for (l, layer) in self.layers.iter().enumerate() {
+            // This layer's key-value heads in every cache.
+            let heads = l * c.n_kv_head..(l + 1) * c.n_kv_head;
             rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
             acts.quantize(&xn, d);
             layer.qkv.matmul(&acts, &mut qkv);
@@ -273,17 +275,15 @@ impl CpuLlama {
                 self.rope(q, pos);
                 self.rope(k, pos);
                 let cache = &mut steps[s].cache;
-                let heads = l * c.n_kv_head..(l + 1) * c.n_kv_head;
                 for ((ck, cv), (k, v)) in cache.k[heads.clone()]
                     .iter_mut()
-                    .zip(&mut cache.v[heads])
+                    .zip(&mut cache.v[heads.clone()])
                     .zip(k.chunks_exact(hd).zip(v.chunks_exact(hd)))
                 {
                     ck.extend_from_slice(k);
                     cv.extend_from_slice(v);
                 }
             }
-            let heads = l * c.n_kv_head..(l + 1) * c.n_kv_head;
             let keys: Vec<&[Vec<f32>]> = steps.iter().map(|s| &s.cache.k[heads.clone()]).collect();
             let values: Vec<&[Vec<f32>]> =
                 steps.iter().map(|s| &s.cache.v[heads.clone()]).collect();
@@ -369,8 +369,8 @@ impl CpuLlama {
                 .for_each(|(i, o)| head(i, o));
         } else {
             let heads = out.len() / hd;
-            let out = quant::SendPtr::new(out);
-            quant::parallel(heads, |i| {
+            let out = pool::SendPtr::new(out);
+            pool::parallel(heads, |i| {
                 // SAFETY: head i owns out[i * hd..(i + 1) * hd].
                 head(i, unsafe {
                     std::slice::from_raw_parts_mut(out.at(i * hd), hd)

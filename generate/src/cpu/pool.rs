@@ -146,6 +146,41 @@ fn worker(s: &Shared) {
     }
 }
 
+/// An output buffer that parallel tasks write disjoint parts of.
+pub(crate) struct SendPtr(*mut f32, usize);
+// SAFETY: users write disjoint elements from each task (see quant::matmul_with).
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        SendPtr(buf.as_mut_ptr(), buf.len())
+    }
+
+    /// A method, so closures capture the Sync wrapper and not its field.
+    pub(crate) fn at(&self, i: usize) -> *mut f32 {
+        assert!(i < self.1, "index {i} outside the buffer ({})", self.1);
+        // SAFETY: in bounds (checked above).
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Runs `task(0..n)` on all cores of the global pool.
+pub(crate) fn parallel(n: usize, task: impl Fn(usize) + Sync) {
+    Pool::global().run(n, task)
+}
+
+/// Runs `task` on one contiguous part of `0..n` per thread, each part a
+/// multiple of `align` long (but the last).
+pub(crate) fn parallel_split(n: usize, align: usize, task: impl Fn(std::ops::Range<usize>) + Sync) {
+    let pool = Pool::global();
+    let part = n.div_ceil(pool.threads()).div_ceil(align) * align;
+    pool.run(pool.threads(), |t| {
+        let start = (t * part).min(n);
+        task(start..(start + part).min(n))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 
 use half::f16;
 
-use super::pool::Pool;
+use super::pool::{parallel, parallel_split, SendPtr};
 
 pub const BLOCK: usize = 32;
 
@@ -86,6 +86,29 @@ fn blocks_from_bytes<T: Copy>(bytes: &[u8]) -> Vec<T> {
     out
 }
 
+/// 32 values as `d * q` with `q` in -127..=127 (GGML's Q8_0 rounding).
+fn quantize_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; BLOCK];
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    (d, qs)
+}
+
+/// A 4-bit block's 32 values in element order: GGML keeps elements 0..15 in
+/// the low nibbles and 16..31 in the high ones.
+fn unpack_nibbles(qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    for (j, &b) in qs.iter().enumerate() {
+        out[j] = b & 0x0F;
+        out[j + BLOCK / 2] = b >> 4;
+    }
+    out
+}
+
 impl QMatrix {
     /// A matrix from GGML blocks of `format` (the bytes of a GGUF tensor).
     pub fn from_ggml(format: Format, rows: usize, cols: usize, bytes: &[u8]) -> Self {
@@ -108,13 +131,7 @@ impl QMatrix {
         let blocks = values
             .chunks_exact(BLOCK)
             .map(|x| {
-                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                let mut qs = [0i8; BLOCK];
-                for (q, v) in qs.iter_mut().zip(x) {
-                    *q = (v * id).round() as i8;
-                }
+                let (d, qs) = quantize_block(x);
                 BlockQ8_0 {
                     d: f16::from_f32(d),
                     qs,
@@ -200,9 +217,8 @@ impl QMatrix {
                     .zip(out.chunks_exact_mut(BLOCK))
                     .for_each(|(b, o)| {
                         let d = b.d.to_f32();
-                        for j in 0..BLOCK / 2 {
-                            o[j] = ((b.qs[j] & 0x0F) as i32 - 8) as f32 * d;
-                            o[j + BLOCK / 2] = ((b.qs[j] >> 4) as i32 - 8) as f32 * d;
+                        for (o, q) in o.iter_mut().zip(unpack_nibbles(&b.qs)) {
+                            *o = (q as i32 - 8) as f32 * d;
                         }
                     })
             }
@@ -212,9 +228,8 @@ impl QMatrix {
                     .zip(out.chunks_exact_mut(BLOCK))
                     .for_each(|(b, o)| {
                         let (d, m) = (b.d.to_f32(), b.m.to_f32());
-                        for j in 0..BLOCK / 2 {
-                            o[j] = (b.qs[j] & 0x0F) as f32 * d + m;
-                            o[j + BLOCK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+                        for (o, q) in o.iter_mut().zip(unpack_nibbles(&b.qs)) {
+                            *o = q as f32 * d + m;
                         }
                     })
             }
@@ -269,15 +284,8 @@ impl Acts {
         self.cols = cols;
         self.blocks.clear();
         self.blocks.extend(x.chunks_exact(BLOCK).map(|x| {
-            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut qs = [0i8; BLOCK];
-            let mut sum = 0i32;
-            for (q, v) in qs.iter_mut().zip(x) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
-            }
+            let (d, qs) = quantize_block(x);
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             ActBlock {
                 d,
                 s: d * sum as f32,
@@ -285,41 +293,6 @@ impl Acts {
             }
         }));
     }
-}
-
-/// An output buffer that parallel tasks write disjoint parts of.
-pub(crate) struct SendPtr(*mut f32, usize);
-// SAFETY: users write disjoint elements from each task (see matmul_with).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
-        SendPtr(buf.as_mut_ptr(), buf.len())
-    }
-
-    /// A method, so closures capture the Sync wrapper and not its field.
-    pub(crate) fn at(&self, i: usize) -> *mut f32 {
-        assert!(i < self.1, "index {i} outside the buffer ({})", self.1);
-        // SAFETY: in bounds (checked above).
-        unsafe { self.0.add(i) }
-    }
-}
-
-/// Runs `task(0..n)` on all cores (see [`Pool`]).
-pub(crate) fn parallel(n: usize, task: impl Fn(usize) + Sync) {
-    Pool::global().run(n, task)
-}
-
-/// Runs `task` on one contiguous part of `0..n` per thread, each part a
-/// multiple of `align` long (but the last).
-fn parallel_split(n: usize, align: usize, task: impl Fn(std::ops::Range<usize>) + Sync) {
-    let pool = Pool::global();
-    let part = n.div_ceil(pool.threads()).div_ceil(align) * align;
-    pool.run(pool.threads(), |t| {
-        let start = (t * part).min(n);
-        task(start..(start + part).min(n))
-    });
 }
 
 type Dot<W> = fn(&[W], &[ActBlock]) -> f32;

@@ -6,11 +6,11 @@ pub fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlock]) -> f32 {
     w.iter()
         .zip(a)
         .map(|(w, a)| {
-            let mut s = 0i32;
-            for j in 0..BLOCK / 2 {
-                s += ((w.qs[j] & 0x0F) as i32 - 8) * a.qs[j] as i32;
-                s += ((w.qs[j] >> 4) as i32 - 8) * a.qs[j + BLOCK / 2] as i32;
-            }
+            let s: i32 = unpack_nibbles(&w.qs)
+                .iter()
+                .zip(a.qs)
+                .map(|(&x, y)| (x as i32 - 8) * y as i32)
+                .sum();
             s as f32 * w.d.to_f32() * a.d
         })
         .sum()
@@ -20,11 +20,11 @@ pub fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
     w.iter()
         .zip(a)
         .map(|(w, a)| {
-            let mut s = 0i32;
-            for j in 0..BLOCK / 2 {
-                s += (w.qs[j] & 0x0F) as i32 * a.qs[j] as i32;
-                s += (w.qs[j] >> 4) as i32 * a.qs[j + BLOCK / 2] as i32;
-            }
+            let s: i32 = unpack_nibbles(&w.qs)
+                .iter()
+                .zip(a.qs)
+                .map(|(&x, y)| x as i32 * y as i32)
+                .sum();
             s as f32 * w.d.to_f32() * a.d + w.m.to_f32() * a.s
         })
         .sum()
