@@ -311,6 +311,11 @@ fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
 /// Downloads `file` (and `tokenizer.json` and `config.json` beside it, if
 /// the repo has them: safetensors models need both) from a Hugging Face
 /// repository into the models cache.
+/// Where hub downloads of `hub` at `rev` land.
+pub(crate) fn hub_dir(cache: &Path, hub: &str, rev: &str) -> PathBuf {
+    cache.join("hub").join(hub).join(rev)
+}
+
 pub(crate) fn hub_fetch(
     hub: &str,
     revision: Option<&str>,
@@ -319,7 +324,7 @@ pub(crate) fn hub_fetch(
 ) -> Result<PathBuf> {
     let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
     let rev = revision.unwrap_or("main");
-    let dir = cache.join("hub").join(hub).join(rev);
+    let dir = hub_dir(&cache, hub, rev);
     let dest = dir.join(file);
     if dest.is_file() {
         return Ok(dest);
@@ -327,28 +332,39 @@ pub(crate) fn hub_fetch(
     let _lock = lock(&dir.join("download"))?;
     let endpoint =
         std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_string());
-    let endpoint = endpoint.trim_end_matches('/');
-    for (name, required) in [
-        (file, true),
-        ("tokenizer.json", false),
-        ("config.json", false),
-    ] {
+    let base = format!("{}/{hub}/resolve/{rev}", endpoint.trim_end_matches('/'));
+    let fetch = |name: &str| -> Result<PathBuf> {
         let target = dir.join(name);
         if target.is_file() {
-            continue;
+            return Ok(target);
         }
-        let url = format!("{endpoint}/{hub}/resolve/{rev}/{name}");
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
         }
         let part = target.with_extension("part");
-        match download_resumable(&url, &part, None) {
-            Ok(_) => fs::rename(&part, &target)
-                .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?,
-            Err(e) if required => return Err(e),
-            Err(_) => {}
-        }
+        download_resumable(&format!("{base}/{name}"), &part, None)?;
+        fs::rename(&part, &target)
+            .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?;
+        Ok(target)
+    };
+    // Checkpoints too big for one file are shards listed in an index.
+    let dest = match fetch(file) {
+        Ok(p) => p,
+        Err(e) => match crate::shard_index_for(file) {
+            Some(index_name) => {
+                let index = fetch(index_name).map_err(|_| e)?;
+                for shard in crate::shard_names(&index)? {
+                    fetch(&shard)?;
+                }
+                index
+            }
+            None => return Err(e),
+        },
+    };
+    // What a checkpoint folder needs besides the weights; not every repository has each.
+    for extra in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        let _ = fetch(extra);
     }
     Ok(dest)
 }

@@ -74,6 +74,9 @@ impl Format {
         }
     }
     fn of_path(path: &Path) -> Option<Format> {
+        if path.to_str()?.ends_with(".safetensors.index.json") {
+            return Some(Format::Safetensors);
+        }
         match path.extension()?.to_str()? {
             "gguf" => Some(Format::Gguf),
             "safetensors" => Some(Format::Safetensors),
@@ -308,7 +311,21 @@ pub fn weights_identity(
     hash: &dyn Fn(&Path) -> Result<String>,
 ) -> Result<Option<String>> {
     if let Some(found) = locate(spec, env)? {
-        return Ok(Some(hash(&found.weights)?));
+        let w = &found.weights;
+        if !w.to_string_lossy().ends_with(".index.json") {
+            return Ok(Some(hash(w)?));
+        }
+        // A sharded checkpoint is its index and every shard.
+        let mut all = hash(w)?;
+        let dir = w.parent().unwrap_or(Path::new("."));
+        for shard in shard_names(w)? {
+            all.push(' ');
+            all.push_str(&hash(&dir.join(shard))?);
+        }
+        return Ok(Some(format!(
+            "blake3:{}",
+            blake3::hash(all.as_bytes()).to_hex()
+        )));
     }
     if let Some(b3) = known_for(spec).iter().find_map(|k| k.blake3) {
         return Ok(Some(b3.to_string()));
@@ -369,6 +386,38 @@ fn finish(spec: &ModelSpec, weights: PathBuf, source: &str) -> Result<ResolvedMo
     })
 }
 
+/// The index listing the shards that replace `file` in a sharded checkpoint.
+pub(crate) fn shard_index_for(file: &str) -> Option<&'static str> {
+    (file == "model.safetensors").then_some("model.safetensors.index.json")
+}
+
+/// The shard files an index lists (`weight_map` values), sorted, deduplicated.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| ModelError::io(format!("read {}", index.display()), e))?;
+    let j: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Invalid(format!("{} is not JSON: {e}", index.display())))?;
+    let map = j["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelError::Invalid(format!("{} has no `weight_map`", index.display())))?;
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    if let Some(bad) = names
+        .iter()
+        .find(|n| n.contains("..") || n.starts_with('/'))
+    {
+        return Err(ModelError::Invalid(format!(
+            "{} lists a shard outside its folder: {bad}",
+            index.display()
+        )));
+    }
+    Ok(names)
+}
+
 /// File names that would be this model's weights in a folder.
 fn file_names(spec: &ModelSpec) -> Vec<String> {
     let mut names = Vec::new();
@@ -392,6 +441,12 @@ fn file_names(spec: &ModelSpec) -> Vec<String> {
             _ => names.push("model.safetensors".into()),
         }
     }
+    let indexes: Vec<String> = names
+        .iter()
+        .filter_map(|n| shard_index_for(n))
+        .map(str::to_string)
+        .collect();
+    names.extend(indexes);
     names.dedup();
     names
 }
@@ -466,10 +521,16 @@ fn locate_inner(
         }
         dirs.push(root.join(Path::new(&file).parent().unwrap_or(Path::new(""))));
     }
+    for (hub, _) in hub_candidates(spec) {
+        let rev = spec.revision.as_deref().unwrap_or("main");
+        dirs.push(download::hub_dir(&cache, &hub, rev));
+    }
     for dir in dirs {
         if dir.is_dir() {
             if let Some(p) = pick_in_dir(&dir, spec) {
-                let source = if dir.starts_with(&cache) {
+                let source = if dir.starts_with(cache.join("hub")) {
+                    "hub (downloaded)"
+                } else if dir.starts_with(&cache) {
                     "pypi"
                 } else {
                     "models dir"
@@ -491,6 +552,12 @@ fn locate_inner(
         let candidate = snapshots.join(&commit).join(&file);
         if candidate.is_file() {
             return finish(spec, candidate, "hf cache").map(Some);
+        }
+        if let Some(index) = shard_index_for(&file) {
+            let index = snapshots.join(&commit).join(index);
+            if index.is_file() {
+                return finish(spec, index, "hf cache").map(Some);
+            }
         }
         looked.push(format!("Hugging Face cache {}", candidate.display()));
     }

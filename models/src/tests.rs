@@ -118,3 +118,113 @@ fn all_minilm_resolves_from_pinned_wheel_with_tokenizer_and_config() {
     let again = locate(&spec, &ModelEnv::default()).unwrap().unwrap();
     assert_eq!(again.weights, found.weights);
 }
+
+/// A minimal HTTP server for `files` (path -> body), 404 for anything else;
+/// it serves `requests` requests, then stops. Returns its base URL.
+fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, b)) => ("200 OK", b.clone()),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        }
+    });
+    url
+}
+
+/// A sharded hub checkpoint (no `model.safetensors`, an index and two
+/// shards) is downloaded from a real HTTP server with its config and
+/// tokenizer, resolves to the index, and its identity covers every shard.
+#[test]
+fn sharded_hub_checkpoints_download_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = serde_json::json!({
+        "metadata": {"total_size": 8},
+        "weight_map": {
+            "a.weight": "model-00001-of-00002.safetensors",
+            "b.weight": "model-00002-of-00002.safetensors",
+            "c.weight": "model-00002-of-00002.safetensors"
+        }
+    });
+    let repo = "/org/tiny/resolve/main";
+    let files = vec![
+        (
+            format!("{repo}/model.safetensors.index.json"),
+            index.to_string().into_bytes(),
+        ),
+        (
+            format!("{repo}/model-00001-of-00002.safetensors"),
+            b"shard one".to_vec(),
+        ),
+        (
+            format!("{repo}/model-00002-of-00002.safetensors"),
+            b"shard two".to_vec(),
+        ),
+        (format!("{repo}/config.json"), b"{}".to_vec()),
+        (format!("{repo}/tokenizer.json"), b"{}".to_vec()),
+    ];
+    // model.safetensors (404), the index, 2 shards, 3 extras (one 404).
+    let url = serve(files, 7);
+    std::env::set_var("HF_ENDPOINT", &url);
+    let env = ModelEnv {
+        base_dir: dir.path().to_path_buf(),
+        models_dir: None,
+        download_dir: Some(dir.path().join("downloads")),
+        offline: false,
+    };
+    let spec = ModelSpec {
+        hub: Some("org/tiny".into()),
+        format: Some(Format::Safetensors),
+        ..Default::default()
+    };
+    let found = resolve(&spec, &env).unwrap();
+    std::env::remove_var("HF_ENDPOINT");
+    assert!(found
+        .weights
+        .ends_with("org/tiny/main/model.safetensors.index.json"));
+    assert_eq!(found.source, "hub");
+    assert_eq!(found.format, Format::Safetensors);
+    let folder = found.weights.parent().unwrap();
+    assert_eq!(
+        std::fs::read(folder.join("model-00002-of-00002.safetensors")).unwrap(),
+        b"shard two"
+    );
+    assert!(folder.join("config.json").is_file());
+    assert!(matches!(found.tokenizer, TokenizerSource::File(_)));
+
+    // Found again without the network, with an identity that sees every shard.
+    let offline = ModelEnv {
+        offline: true,
+        ..env.clone()
+    };
+    let hash = |p: &Path| -> Result<String> {
+        Ok(blake3::hash(&std::fs::read(p).unwrap())
+            .to_hex()
+            .to_string())
+    };
+    let id = weights_identity(&spec, &offline, &hash).unwrap().unwrap();
+    std::fs::write(folder.join("model-00002-of-00002.safetensors"), b"changed").unwrap();
+    let id2 = weights_identity(&spec, &offline, &hash).unwrap().unwrap();
+    assert_ne!(id, id2);
+}

@@ -13,7 +13,7 @@ use flow_train::trainer::{self, Monitor};
 
 use crate::dataset;
 use crate::train_lora::{
-    encode_all, loss_kind, model_path, other, thread_pool, trainer_error, ADAPTER_CONFIG,
+    encode_all, load_model, loss_kind, other, thread_pool, trainer_error, ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
 };
 
@@ -88,9 +88,8 @@ impl Stage for EvalLoss {
             Some(m) => m.to_string(),
             None => adapter_base(ctx)?,
         };
-        let path = model_path(ctx, &model_name)?;
         let device = flow_train::device();
-        let loaded = flow_train::gguf::load(&path, &device).map_err(other)?;
+        let loaded = load_model(ctx, &model_name, &device)?;
         let lora = match ctx.params.get("adapter") {
             Some(_) => {
                 let up = ctx.input("adapter")?;
@@ -108,6 +107,9 @@ impl Stage for EvalLoss {
                     &device,
                 )
                 .map_err(other)?;
+                lora.check_fits(&loaded.model.targets()).map_err(|e| {
+                    StageError::invalid(format!("adapter `{}`: {e:#}", up.instance))
+                })?;
                 Some((up.instance.clone(), lora))
             }
             None => None,
@@ -120,7 +122,7 @@ impl Stage for EvalLoss {
         let (sum, count) = pool
             .install(|| {
                 trainer::eval_sum(
-                    &loaded.model,
+                    loaded.model.as_ref(),
                     lora.as_ref().map(|l| &l.1),
                     &seqs,
                     batch_size,

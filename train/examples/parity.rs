@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use flow_train::data::{self, Loss, Text};
-use flow_train::llama::{Batch, Lora, LoraConfig};
+use flow_train::lora::{Lora, LoraConfig};
+use flow_train::model::{Batch, CausalLm};
 use flow_train::trainer::{self, epoch_plan, Monitor, TrainConfig};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> Result<T> {
@@ -116,7 +117,7 @@ fn main() -> Result<()> {
     let first: Vec<_> = test[..batch.min(test.len())].to_vec();
     let b = Batch::new(&first, pad, &dev)?;
     let (base_loss, logits_stats) = pool.install(|| -> Result<(f64, Vec<f64>)> {
-        let s = flow_train::llama::scalar(&model.loss_sum(&b, None, None)?)?;
+        let s = flow_train::model::scalar(&model.loss_sum(&b, None, None)?)?;
         let logits = model.logits(&b.ids, None)?;
         let l0: Vec<f32> = logits.get(0)?.get(0)?.narrow(0, 0, 8)?.to_vec1()?;
         Ok((
@@ -126,7 +127,7 @@ fn main() -> Result<()> {
     })?;
     eprintln!("base loss on the first test batch: {base_loss:.6}");
 
-    let lora = Lora::init(&model.config, &cfg.lora, seed, &dev)?;
+    let lora = Lora::init(&model.config.targets(), &cfg.lora, seed, &dev)?;
     trainer::save_peft(&lora, &out.join("init_adapter"), "smollm2-135m-instruct")?;
     let (base_test_sum, base_test_n) =
         pool.install(|| trainer::eval_sum(model, None, &test, batch, pad, &trainer::Quiet))?;

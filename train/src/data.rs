@@ -13,7 +13,7 @@
 
 use anyhow::Result;
 
-use crate::gguf::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

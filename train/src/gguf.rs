@@ -16,30 +16,12 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 
 use crate::llama::{Config, Llama};
+use crate::tokenizer::Tokenizer;
 
 /// A model and its tokenizer, loaded from one GGUF file.
 pub struct Loaded {
     pub model: Llama,
     pub tokenizer: Tokenizer,
-}
-
-/// The tokenizer plus the special ids training needs.
-pub struct Tokenizer {
-    pub inner: tokenizers::Tokenizer,
-    pub eos: u32,
-    pub bos: Option<u32>,
-}
-
-impl Tokenizer {
-    /// Token ids of `text`, with no special tokens added (the SmolLM2 GGUF
-    /// sets no BOS token).
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
-        Ok(enc.get_ids().to_vec())
-    }
 }
 
 fn meta<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a Value> {
@@ -98,6 +80,7 @@ pub fn config(c: &gguf_file::Content) -> Result<Config> {
         },
         max_position_embeddings: meta_usize(c, "llama.context_length").unwrap_or(2048),
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+        rope_scaling: None,
     })
 }
 
@@ -119,6 +102,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let content = gguf_file::Content::read(&mut file)
         .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
     let cfg = config(&content)?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        // Llama 3.1+ GGUFs carry their RoPE scaling as per-frequency factors;
+        // ignoring them would train a subtly different model.
+        bail!(
+            "{}: this GGUF scales RoPE per frequency (`rope_freqs.weight`, Llama 3.1+), which \
+             training does not read from GGUF; use the model's Hugging Face safetensors",
+            path.display()
+        );
+    }
     let mut get = |name: &str| -> Result<Tensor> {
         let q = content
             .tensor(&mut file, name, &Device::Cpu)

@@ -1,20 +1,36 @@
 //! LoRA fine-tuning and test-loss evaluation on candle, for `flow`'s
 //! `train_lora` and `eval_loss` stages.
 //!
-//! - [`llama`]: the llama architecture with LoRA adapters (frozen base).
-//! - [`gguf`]: loading weights and tokenizer from GGUF (q/k un-permuted).
+//! - [`model`]: what training needs of a model ([`CausalLm`]), and batches.
+//! - [`llama`], [`gpt2`], [`opt`]: the architectures, frozen base with LoRA
+//!   adapters, matching Hugging Face's implementations.
+//! - [`lora`]: adapters, their initialization and PEFT names.
+//! - [`gguf`], [`hf`]: loading weights and tokenizer from a GGUF file (q/k
+//!   un-permuted) or a Hugging Face checkpoint folder.
 //! - [`data`]: how an example becomes tokens and which tokens carry the loss.
 //! - [`trainer`]: AdamW training loop, checkpoints, evaluation, PEFT format.
-//! - [`ops`]: differentiable RMSNorm, RoPE, softmax, cross-entropy and a
-//!   frozen-weight linear whose backward skips the weight gradient.
+//! - [`ops`]: differentiable RMSNorm, LayerNorm, RoPE, softmax, attention,
+//!   cross-entropy and a frozen-weight linear whose backward skips the
+//!   weight gradient.
 
 pub mod data;
 pub mod gguf;
+pub mod gpt2;
+pub mod hf;
 pub mod llama;
+pub mod lora;
+pub mod model;
 pub mod ops;
+pub mod opt;
+pub mod tokenizer;
 pub mod trainer;
+pub mod weights;
+
+use std::path::Path;
 
 pub use candle_core::Device;
+pub use model::CausalLm;
+pub use tokenizer::Tokenizer;
 
 /// The device to run on: CUDA when built with the `cuda` feature and a GPU
 /// is present, else the CPU.
@@ -26,4 +42,71 @@ pub fn device() -> Device {
         }
     }
     Device::Cpu
+}
+
+/// A model of any supported architecture and its tokenizer.
+pub struct Loaded {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads a model from a GGUF file (llama), or from the Hugging Face
+/// checkpoint folder that holds `weights` (`model.safetensors` or its
+/// shards) with `tokenizer_json` (default: `tokenizer.json` beside it).
+pub fn load(
+    weights: &Path,
+    tokenizer_json: Option<&Path>,
+    device: &Device,
+) -> anyhow::Result<Loaded> {
+    if weights.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let g = gguf::load(weights, device)?;
+        return Ok(Loaded {
+            model: Box::new(g.model),
+            tokenizer: g.tokenizer,
+        });
+    }
+    let dir = if weights.is_dir() {
+        weights
+    } else {
+        weights.parent().unwrap_or(Path::new("."))
+    };
+    let tk = tokenizer_json
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    let loaded = Loaded {
+        model: hf::load_model(dir, device, candle_core::DType::F32)?,
+        tokenizer: hf::load_tokenizer(dir, &tk)?,
+    };
+    let vocab = loaded.model.vocab_size();
+    let t = &loaded.tokenizer;
+    let outside = t.inner.get_vocab_size(true) > vocab
+        || t.eos as usize >= vocab
+        || t.bos.is_some_and(|b| b as usize >= vocab);
+    if outside {
+        anyhow::bail!(
+            "{}: the tokenizer ({} tokens, end token {}) does not fit the model's {vocab}-token \
+             vocabulary",
+            tk.display(),
+            t.inner.get_vocab_size(true),
+            t.eos
+        );
+    }
+    Ok(loaded)
+}
+
+/// Every LoRA target module name of the supported architectures (for
+/// checking a manifest before the model is loaded).
+pub fn known_module_names() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    let all = llama::MODULE_PATHS
+        .iter()
+        .chain(&gpt2::MODULE_PATHS)
+        .chain(&opt::MODULE_PATHS);
+    for path in all {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }

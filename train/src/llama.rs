@@ -10,11 +10,25 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::lora::{adapt, Dropout, Lora, Module, Targets};
+use crate::model::CausalLm;
 use crate::ops;
+use crate::weights::Weights;
+
+/// Projections that can carry adapters, as PEFT names them inside a layer.
+pub const MODULE_PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
 /// Architecture hyperparameters, read from the weights' metadata.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -29,6 +43,100 @@ pub struct Config {
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Llama 3.1+'s frequency-dependent RoPE scaling.
+    #[serde(default)]
+    pub rope_scaling: Option<ops::Llama3Scaling>,
+}
+
+/// `config.json` of a Hugging Face llama checkpoint (its names and defaults).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct HfConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// transformers 5 keeps theta and scaling here.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+
+fn default_positions() -> usize {
+    2048
+}
+
+impl HfConfig {
+    /// The model config; RoPE types other than the default and `llama3` are an error.
+    pub fn into_config(self) -> Result<Config> {
+        if self.attention_bias || self.mlp_bias {
+            bail!("config.json: llama variants with attention_bias or mlp_bias are not supported");
+        }
+        let heads = self.num_attention_heads;
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
+            bail!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {heads}",
+                self.hidden_size
+            );
+        }
+        if let Some(hd) = self.head_dim {
+            if hd != self.hidden_size / heads {
+                bail!(
+                    "config.json: head_dim {hd} != hidden_size / num_attention_heads (unsupported)"
+                );
+            }
+        }
+        let rope = self.rope_parameters.or(self.rope_scaling);
+        let theta = self
+            .rope_theta
+            .or_else(|| rope.as_ref().and_then(|r| r["rope_theta"].as_f64()))
+            .unwrap_or(10000.0);
+        let rope_scaling = match &rope {
+            None => None,
+            Some(r) => match r["rope_type"].as_str().or(r["type"].as_str()) {
+                None | Some("default") => None,
+                Some("llama3") => Some(serde_json::from_value(r.clone()).context(
+                    "config.json: llama3 rope scaling needs factor, low_freq_factor, \
+                     high_freq_factor and original_max_position_embeddings",
+                )?),
+                Some(other) => bail!("config.json: RoPE type `{other}` is not supported"),
+            },
+        };
+        Ok(Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(heads),
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: theta,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            rope_scaling,
+        })
+    }
 }
 
 impl Config {
@@ -49,36 +157,26 @@ impl Config {
             rope_theta: 10000.0,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
+            rope_scaling: None,
         }
     }
 
-    /// `(in, out)` of a projection by its Hugging Face name.
-    pub fn module_shape(&self, module: &str) -> Result<(usize, usize)> {
+    /// Where LoRA adapters can go (PEFT's default: q_proj, v_proj).
+    pub fn targets(&self) -> Targets {
         let d = self.hidden_size;
         let kv = self.num_key_value_heads * self.head_dim();
         let ff = self.intermediate_size;
-        Ok(match module {
-            "q_proj" | "o_proj" => (d, d),
-            "k_proj" | "v_proj" => (d, kv),
-            "gate_proj" | "up_proj" => (d, ff),
-            "down_proj" => (ff, d),
-            other => bail!(
-                "unknown LoRA target module `{other}` (llama has q_proj, k_proj, v_proj, \
-                 o_proj, gate_proj, up_proj, down_proj)"
-            ),
-        })
+        let dims = [(d, d), (d, kv), (d, kv), (d, d), (d, ff), (d, ff), (ff, d)];
+        Targets {
+            arch: "llama",
+            layers: self.num_hidden_layers,
+            layer_prefix: "model.layers.",
+            modules: Module::list(&MODULE_PATHS, &dims),
+            defaults: &["q_proj", "v_proj"],
+            fan_in_fan_out: false,
+        }
     }
 }
-
-pub const MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 /// Base weights of one decoder layer, in Hugging Face orientation (out, in).
 pub struct Layer {
@@ -107,38 +205,54 @@ impl Llama {
     /// (`model.layers.0.self_attn.q_proj.weight`, ...), `rotate_half` layout.
     pub fn from_tensors(
         config: Config,
-        mut t: BTreeMap<String, Tensor>,
+        t: BTreeMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        let mut take = |name: &str| -> Result<Tensor> {
-            let w = t
-                .remove(name)
-                .with_context(|| format!("weights have no tensor `{name}`"))?;
-            Ok(w.to_dtype(DType::F32)?.to_device(device)?.contiguous()?)
-        };
-        let embed_tokens = take("model.embed_tokens.weight")?;
+        Self::from_weights(config, Weights::new(t, &[], device), device)
+    }
+
+    /// [`Llama::from_tensors`] from a checkpoint's [`Weights`].
+    pub fn from_weights(config: Config, mut w: Weights, device: &Device) -> Result<Self> {
+        let d = config.hidden_size;
+        anyhow::ensure!(
+            config.num_attention_heads > 0
+                && d.is_multiple_of(config.num_attention_heads)
+                && config.num_key_value_heads > 0
+                && config
+                    .num_attention_heads
+                    .is_multiple_of(config.num_key_value_heads),
+            "llama config: {d} wide with {} heads and {} kv heads is not a valid shape",
+            config.num_attention_heads,
+            config.num_key_value_heads
+        );
+        let kv = config.num_key_value_heads * config.head_dim();
+        let ff = config.intermediate_size;
+        let embed_tokens = w.take_shaped("model.embed_tokens.weight", &[config.vocab_size, d])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let q = take(&format!("{p}.self_attn.q_proj.weight"))?;
-            let k = take(&format!("{p}.self_attn.k_proj.weight"))?;
-            let v = take(&format!("{p}.self_attn.v_proj.weight"))?;
-            let gate = take(&format!("{p}.mlp.gate_proj.weight"))?;
-            let up = take(&format!("{p}.mlp.up_proj.weight"))?;
+            let mut take =
+                |name: &str, shape: &[usize]| w.take_shaped(&format!("{p}.{name}.weight"), shape);
+            let q = take("self_attn.q_proj", &[d, d])?;
+            let k = take("self_attn.k_proj", &[kv, d])?;
+            let v = take("self_attn.v_proj", &[kv, d])?;
+            let gate = take("mlp.gate_proj", &[ff, d])?;
+            let up = take("mlp.up_proj", &[ff, d])?;
             layers.push(Layer {
-                input_layernorm: take(&format!("{p}.input_layernorm.weight"))?,
+                input_layernorm: take("input_layernorm", &[d])?,
                 qkv: Tensor::cat(&[&q, &k, &v], 0)?.contiguous()?,
-                o_proj: take(&format!("{p}.self_attn.o_proj.weight"))?,
-                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"))?,
+                o_proj: take("self_attn.o_proj", &[d, d])?,
+                post_attention_layernorm: take("post_attention_layernorm", &[d])?,
                 gate_up: Tensor::cat(&[&gate, &up], 0)?.contiguous()?,
-                down_proj: take(&format!("{p}.mlp.down_proj.weight"))?,
+                down_proj: take("mlp.down_proj", &[d, ff])?,
             });
         }
-        let norm = take("model.norm.weight")?;
-        let lm_head = if config.tie_word_embeddings {
+        let norm = w.take_shaped("model.norm.weight", &[d])?;
+        // Some checkpoints leave `tie_word_embeddings` unset but store no head.
+        let lm_head = if config.tie_word_embeddings || !w.contains("lm_head.weight") {
             embed_tokens.clone()
         } else {
-            take("lm_head.weight")?
+            w.take_shaped("lm_head.weight", &[config.vocab_size, d])?
         };
         Ok(Llama {
             config,
@@ -167,10 +281,6 @@ impl Llama {
         Ok(self)
     }
 
-    pub fn dtype(&self) -> DType {
-        self.embed_tokens.dtype()
-    }
-
     /// Random weights (tests).
     pub fn random(config: Config, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -186,18 +296,13 @@ impl Llama {
             "model.embed_tokens.weight".into(),
             rand((config.vocab_size, d), 1.0)?,
         );
+        let targets = config.targets();
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            for m in MODULES {
-                let (inp, out) = config.module_shape(m)?;
-                let group = if m.ends_with("_proj") && m.len() == 6 {
-                    "self_attn"
-                } else {
-                    "mlp"
-                };
+            for m in &targets.modules {
                 t.insert(
-                    format!("{p}.{group}.{m}.weight"),
-                    rand((out, inp), 1.0 / (inp as f32).sqrt())?,
+                    format!("{p}.{}.weight", m.path),
+                    rand((m.out_dim, m.in_dim), 1.0 / (m.in_dim as f32).sqrt())?,
                 );
             }
             for n in ["input_layernorm", "post_attention_layernorm"] {
@@ -211,322 +316,78 @@ impl Llama {
         );
         Llama::from_tensors(config, t, device)
     }
+}
 
-    /// Final hidden states (B*T, d) of right-padded `ids` (B, T).
-    pub fn hidden(
+impl CausalLm for Llama {
+    fn hidden(
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        dropout: Option<&mut Dropout>,
+        mut dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
         let d = cfg.hidden_size;
-        let hd = cfg.head_dim();
-        let nh = cfg.num_attention_heads;
-        let nkv = cfg.num_key_value_heads;
-        let groups = nh / nkv;
-        let kv = nkv * hd;
-        let n = b * t;
+        let heads = ops::Heads {
+            batch: b,
+            len: t,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim(),
+        };
+        let kv = heads.kv_heads * heads.head_dim;
+        let ff = cfg.intermediate_size;
         let dt = self.dtype();
-        let (cos, sin) = ops::rope_tables(t, hd, cfg.rope_theta, &self.device)?;
+        let (cos, sin) = ops::rope_tables(
+            t,
+            heads.head_dim,
+            cfg.rope_theta,
+            cfg.rope_scaling.as_ref(),
+            &self.device,
+        )?;
         let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
+        let groups = heads.heads / heads.kv_heads;
         let mask = ops::causal_mask(groups, t, &self.device)?.to_dtype(dt)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut dropout = dropout;
+        let dr = &mut dropout;
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (n, d)
         for (li, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps)?;
             let qkv = ops::frozen_linear(&h, &layer.qkv)?;
-            let mut q = qkv.narrow(1, 0, d)?;
-            let mut k = qkv.narrow(1, d, kv)?;
-            let mut v = qkv.narrow(1, d + kv, kv)?;
-            if let Some(lora) = lora {
-                for (m, y) in [("q_proj", &mut q), ("k_proj", &mut k), ("v_proj", &mut v)] {
-                    if let Some(a) = lora.get(li, m) {
-                        *y = (&*y + a.forward(&h, dropout.as_deref_mut())?)?;
-                    }
-                }
-            }
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = (ops::rope(&q, &cos, &sin)? * scale)?;
-            let k = ops::rope(&k, &cos, &sin)?;
-            // Grouped-query attention without repeating k and v: the query
-            // heads that share a kv head are stacked along the rows.
-            let q = q.reshape((b, nkv, groups * t, hd))?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
-            let p = ops::softmax_last_dim(&scores)?;
-            let o = p.matmul(&v)?; // (b, nkv, groups*t, hd)
-            let o = o
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((n, d))?;
-            let mut attn = ops::frozen_linear(&o, &layer.o_proj)?;
-            if let Some(a) = lora.and_then(|l| l.get(li, "o_proj")) {
-                attn = (attn + a.forward(&o, dropout.as_deref_mut())?)?;
-            }
-            x = (x + attn)?;
+            let q = adapt(lora, li, "self_attn.q_proj", &h, qkv.narrow(1, 0, d)?, dr)?;
+            let k = adapt(lora, li, "self_attn.k_proj", &h, qkv.narrow(1, d, kv)?, dr)?;
+            let v = adapt(
+                lora,
+                li,
+                "self_attn.v_proj",
+                &h,
+                qkv.narrow(1, d + kv, kv)?,
+                dr,
+            )?;
+            let o = ops::causal_attention(&q, &k, &v, heads, Some((&cos, &sin)), &mask)?;
+            let attn = ops::frozen_linear(&o, &layer.o_proj)?;
+            x = (x + adapt(lora, li, "self_attn.o_proj", &o, attn, dr)?)?;
 
             let h = ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let ff = cfg.intermediate_size;
             let gu = ops::frozen_linear(&h, &layer.gate_up)?;
-            let mut gate = gu.narrow(1, 0, ff)?;
-            let mut up = gu.narrow(1, ff, ff)?;
-            if let Some(lora) = lora {
-                for (m, y) in [("gate_proj", &mut gate), ("up_proj", &mut up)] {
-                    if let Some(a) = lora.get(li, m) {
-                        *y = (&*y + a.forward(&h, dropout.as_deref_mut())?)?;
-                    }
-                }
-            }
+            let gate = adapt(lora, li, "mlp.gate_proj", &h, gu.narrow(1, 0, ff)?, dr)?;
+            let up = adapt(lora, li, "mlp.up_proj", &h, gu.narrow(1, ff, ff)?, dr)?;
             let act = (gate.silu()? * up)?;
-            let mut down = ops::frozen_linear(&act, &layer.down_proj)?;
-            if let Some(a) = lora.and_then(|l| l.get(li, "down_proj")) {
-                down = (down + a.forward(&act, dropout.as_deref_mut())?)?;
-            }
-            x = (x + down)?;
+            let down = ops::frozen_linear(&act, &layer.down_proj)?;
+            x = (x + adapt(lora, li, "mlp.down_proj", &act, down, dr)?)?;
         }
         Ok(ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)?)
     }
 
-    /// Summed cross-entropy and count of the predicted tokens of a batch.
-    /// Logits are computed only at the positions that carry a label.
-    pub fn loss_sum(
-        &self,
-        batch: &Batch,
-        lora: Option<&Lora>,
-        dropout: Option<&mut Dropout>,
-    ) -> Result<Tensor> {
-        let hidden = self.hidden(&batch.ids, lora, dropout)?;
-        let picked = hidden.index_select(&batch.positions, 0)?;
-        let logits = ops::frozen_linear(&picked, &self.lm_head)?;
-        Ok(ops::cross_entropy_sum(&logits, &batch.labels)?)
+    fn lm_head(&self) -> &Tensor {
+        &self.lm_head
     }
 
-    /// Full logits (B, T, V), for parity checks.
-    pub fn logits(&self, ids: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let hidden = self.hidden(ids, lora, None)?;
-        let logits = ops::frozen_linear(&hidden, &self.lm_head)?;
-        Ok(logits.reshape((b, t, self.config.vocab_size))?)
-    }
-}
-
-/// One padded batch: token ids (B, T), the flat positions b*T + t whose
-/// next token is predicted, and those next tokens.
-pub struct Batch {
-    pub ids: Tensor,
-    pub positions: Tensor,
-    pub labels: Tensor,
-    pub n_labels: usize,
-    pub n_tokens: usize,
-}
-
-impl Batch {
-    /// `seqs`: (token ids, per-token "is a target" flags). Position t is a
-    /// prediction when token t+1 is a target.
-    pub fn new(seqs: &[(Vec<u32>, Vec<bool>)], pad: u32, device: &Device) -> Result<Self> {
-        let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(0).max(1);
-        let b = seqs.len();
-        let mut ids = vec![pad; b * t];
-        let mut positions = Vec::new();
-        let mut labels = Vec::new();
-        let mut n_tokens = 0;
-        for (i, (toks, target)) in seqs.iter().enumerate() {
-            n_tokens += toks.len();
-            ids[i * t..i * t + toks.len()].copy_from_slice(toks);
-            for j in 1..toks.len() {
-                if target[j] {
-                    positions.push((i * t + j - 1) as u32);
-                    labels.push(toks[j]);
-                }
-            }
-        }
-        let n_labels = labels.len();
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (b, t), device)?,
-            positions: Tensor::from_vec(positions, n_labels, device)?,
-            labels: Tensor::from_vec(labels, n_labels, device)?,
-            n_labels,
-            n_tokens,
-        })
-    }
-}
-
-/// LoRA settings (PEFT's `LoraConfig` fields that matter here).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LoraConfig {
-    pub rank: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub target_modules: Vec<String>,
-}
-
-impl Default for LoraConfig {
-    /// PEFT's defaults for llama (q_proj, v_proj), rank 8 and alpha 16 as in the paper.
-    fn default() -> Self {
-        LoraConfig {
-            rank: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into(), "v_proj".into()],
-        }
-    }
-}
-
-impl LoraConfig {
-    pub fn scaling(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
-}
-
-/// One adapter: `B A x * alpha / r`, A (r, in), B (out, r).
-pub struct Adapter {
-    pub a: Var,
-    pub b: Var,
-    pub scaling: f64,
-}
-
-impl Adapter {
-    /// The adapter's contribution for input `x` (N, in), with LoRA dropout
-    /// on `x` when training.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        dropout: Option<&mut Dropout>,
-    ) -> candle_core::Result<Tensor> {
-        let dropped = match dropout {
-            Some(dr) if dr.p > 0.0 => Some(dr.apply(x)?),
-            _ => None,
-        };
-        let x = dropped.as_ref().unwrap_or(x);
-        let h = x.matmul(&self.a.as_tensor().t()?)?;
-        h.matmul(&self.b.as_tensor().t()?)? * self.scaling
-    }
-}
-
-/// All adapters of a model, keyed by (layer, module).
-pub struct Lora {
-    pub config: LoraConfig,
-    pub adapters: BTreeMap<(usize, String), Adapter>,
-}
-
-impl Lora {
-    /// PEFT's initialization: A kaiming-uniform (a = sqrt(5)), i.e.
-    /// U(-1/sqrt(in), 1/sqrt(in)); B zeros.
-    pub fn init(
-        model_cfg: &Config,
-        config: &LoraConfig,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::init_dtype(model_cfg, config, seed, device, DType::F32)
+    fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// [`Lora::init`] with tensors of `dtype`.
-    pub fn init_dtype(
-        model_cfg: &Config,
-        config: &LoraConfig,
-        seed: u64,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut adapters = BTreeMap::new();
-        for m in &config.target_modules {
-            model_cfg.module_shape(m)?;
-        }
-        for layer in 0..model_cfg.num_hidden_layers {
-            for m in MODULES {
-                if !config.target_modules.iter().any(|t| t == m) {
-                    continue;
-                }
-                let (inp, out) = model_cfg.module_shape(m)?;
-                let bound = 1.0 / (inp as f32).sqrt();
-                let a: Vec<f32> = (0..config.rank * inp)
-                    .map(|_| rng.random_range(-bound..bound))
-                    .collect();
-                let a = Tensor::from_vec(a, (config.rank, inp), device)?.to_dtype(dtype)?;
-                let a = Var::from_tensor(&a)?;
-                let b = Var::from_tensor(&Tensor::zeros((out, config.rank), dtype, device)?)?;
-                adapters.insert(
-                    (layer, m.to_string()),
-                    Adapter {
-                        a,
-                        b,
-                        scaling: config.scaling(),
-                    },
-                );
-            }
-        }
-        Ok(Lora {
-            config: config.clone(),
-            adapters,
-        })
+    fn targets(&self) -> Targets {
+        self.config.targets()
     }
-
-    pub fn get(&self, layer: usize, module: &str) -> Option<&Adapter> {
-        self.adapters.get(&(layer, module.to_string()))
-    }
-
-    /// Trainable tensors with their PEFT names, in a fixed order.
-    pub fn named_vars(&self) -> Vec<(String, &Var)> {
-        let mut out = Vec::new();
-        for ((layer, m), ad) in &self.adapters {
-            let group = if ["gate_proj", "up_proj", "down_proj"].contains(&m.as_str()) {
-                "mlp"
-            } else {
-                "self_attn"
-            };
-            let base = format!("base_model.model.model.layers.{layer}.{group}.{m}");
-            out.push((format!("{base}.lora_A.weight"), &ad.a));
-            out.push((format!("{base}.lora_B.weight"), &ad.b));
-        }
-        out
-    }
-
-    pub fn num_params(&self) -> usize {
-        self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
-    }
-}
-
-/// LoRA dropout (inverted, as torch's `nn.Dropout`), seeded per step so a
-/// resumed run draws the same masks.
-pub struct Dropout {
-    pub p: f64,
-    pub rng: ChaCha8Rng,
-}
-
-impl Dropout {
-    pub fn new(p: f64, seed: u64) -> Self {
-        Dropout {
-            p,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-    pub fn apply(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.elem_count();
-        let keep = 1.0 - self.p;
-        let m: Vec<f32> = (0..n)
-            .map(|_| {
-                if self.rng.random::<f64>() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?
-    }
-}
-
-/// Reads `x` as f32 on the CPU (scalars and small tensors).
-pub fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?
-        .to_device(&Device::Cpu)?
-        .to_scalar::<f64>()?)
 }

@@ -80,6 +80,90 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_mul(&inv)?.broadcast_mul(w)
 }
 
+/// LayerNorm as torch's `nn.LayerNorm` (biased variance): `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    centred
+        .broadcast_mul(&inv)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
+}
+
+/// A frozen weight (out, in) and its bias.
+pub struct Affine {
+    pub w: Tensor,
+    pub b: Tensor,
+}
+
+impl Affine {
+    /// `x @ w^T + b`, gradients to `x` only.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        frozen_linear(x, &self.w)?.broadcast_add(&self.b)
+    }
+}
+
+/// A LayerNorm's weight and bias.
+pub struct Norm {
+    pub w: Tensor,
+    pub b: Tensor,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, &self.w, &self.b, eps)
+    }
+}
+
+/// Sizes of the attention of one batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub batch: usize,
+    pub len: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal self-attention of right-padded sequences: `q` (B*T, H*D), `k` and
+/// `v` (B*T, KV*D), rotary tables when the model uses RoPE, `mask` from
+/// [`causal_mask`] with `H / KV` groups. Returns (B*T, H*D).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    s: Heads,
+    rope_tables: Option<(&Tensor, &Tensor)>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (b, t, hd) = (s.batch, s.len, s.head_dim);
+    let groups = s.heads / s.kv_heads;
+    let split = |x: &Tensor, h: usize| -> Result<Tensor> {
+        x.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let (mut q, mut k, v) = (
+        split(q, s.heads)?,
+        split(k, s.kv_heads)?,
+        split(v, s.kv_heads)?,
+    );
+    if let Some((cos, sin)) = rope_tables {
+        q = rope(&q, cos, sin)?;
+        k = rope(&k, cos, sin)?;
+    }
+    let q = (q * (1.0 / (hd as f64).sqrt()))?;
+    // Grouped-query attention without repeating k and v: the query heads
+    // that share a kv head are stacked along the rows.
+    let q = q.reshape((b, s.kv_heads, groups * t, hd))?;
+    let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+    let p = softmax_last_dim(&scores)?;
+    p.matmul(&v)? // (b, kv, groups*t, hd)
+        .reshape((b, s.heads, t, hd))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * t, s.heads * hd))
+}
+
 /// Rotary embedding in the `rotate_half` layout (Hugging Face llama):
 /// `x * cos + rotate_half(x) * sin`, with `x` (B, H, T, D) and `cos`, `sin` (T, D).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -108,11 +192,41 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     (lse - picked)?.sum_all()
 }
 
+/// Llama 3.1's RoPE scaling (`rope_type = "llama3"`): long wavelengths
+/// slowed by `factor`, short ones kept, a smooth blend between.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+impl Llama3Scaling {
+    /// As transformers' `_compute_llama3_parameters`.
+    fn apply(&self, inv_freq: f64) -> f64 {
+        let old = self.original_max_position_embeddings;
+        let low_wavelen = old / self.low_freq_factor;
+        let high_wavelen = old / self.high_freq_factor;
+        let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+        if wavelen < high_wavelen {
+            inv_freq
+        } else if wavelen > low_wavelen {
+            inv_freq / self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        }
+    }
+}
+
 /// (T, D) cos and sin tables for `rotate_half` RoPE with base `theta`.
 pub fn rope_tables(
     t: usize,
     head_dim: usize,
     theta: f64,
+    scaling: Option<&Llama3Scaling>,
     device: &candle_core::Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
@@ -120,11 +234,14 @@ pub fn rope_tables(
     let mut sin = Vec::with_capacity(t * head_dim);
     // Same arithmetic as transformers: inv_freq in f32, then pos * inv_freq in f32.
     let inv: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .map(|i| {
+            let f = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            scaling.map_or(f, |s| s.apply(f)) as f32
+        })
         .collect();
     for pos in 0..t {
-        for rep in 0..2 {
-            let _ = rep;
+        // The table repeats for the two halves of `rotate_half`.
+        for _half in 0..2 {
             for f in &inv {
                 let a = pos as f32 * f;
                 cos.push(a.cos());

@@ -19,7 +19,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::llama::{scalar, Adapter, Batch, Dropout, Llama, Lora, LoraConfig};
+use crate::lora::{Adapter, Dropout, Lora, LoraConfig};
+use crate::model::{scalar, Batch, CausalLm};
 
 /// Learning-rate schedule. The default is `linear` decay to zero with no
 /// warm-up: Hugging Face Trainer's default (`lr_scheduler_type="linear"`,
@@ -164,7 +165,7 @@ const CKPT: &str = "checkpoint.safetensors";
 /// Trains `lora` in place on `seqs` (token ids, target flags).
 /// With `work_dir`, resumes from and writes checkpoints there.
 pub fn train(
-    model: &Llama,
+    model: &dyn CausalLm,
     lora: &Lora,
     seqs: &[(Vec<u32>, Vec<bool>)],
     cfg: &TrainConfig,
@@ -175,7 +176,7 @@ pub fn train(
     if seqs.is_empty() {
         bail!("no training examples");
     }
-    let dev = &model.device;
+    let dev = model.device();
     let vars: Vec<(String, &Var)> = lora.named_vars();
     let mut adam = AdamState {
         m: vars
@@ -351,7 +352,7 @@ fn restore(
 
 /// Summed target cross-entropy and number of predicted tokens over `seqs`.
 pub fn eval_sum(
-    model: &Llama,
+    model: &dyn CausalLm,
     lora: Option<&Lora>,
     seqs: &[(Vec<u32>, Vec<bool>)],
     batch_size: usize,
@@ -369,7 +370,7 @@ pub fn eval_sum(
             return Err(Stopped.into());
         }
         let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let batch = Batch::new(&items, pad, &model.device)?;
+        let batch = Batch::new(&items, pad, model.device())?;
         if batch.n_labels > 0 {
             sum += scalar(&model.loss_sum(&batch, lora, None)?.detach())?;
             count += batch.n_labels;
@@ -388,7 +389,7 @@ pub fn save_peft(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
         "auto_mapping": null,
         "base_model_name_or_path": base_model,
         "bias": "none",
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": lora.fan_in_fan_out,
         "inference_mode": true,
         "init_lora_weights": true,
         "layers_pattern": null,
@@ -459,6 +460,7 @@ pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device)
     let tensors = candle_core::safetensors::load(weights_path, device)
         .with_context(|| format!("reading adapter weights {}", weights_path.display()))?;
     let mut adapters = BTreeMap::new();
+    let mut layer_prefix: Option<String> = None;
     for (name, a) in &tensors {
         let Some(prefix) = name.strip_suffix(".lora_A.weight") else {
             continue;
@@ -466,15 +468,14 @@ pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device)
         let b = tensors
             .get(&format!("{prefix}.lora_B.weight"))
             .with_context(|| format!("adapter has {name} but no lora_B"))?;
-        let rest = prefix
-            .split(".layers.")
-            .nth(1)
-            .with_context(|| format!("unexpected adapter key {name}"))?;
-        let mut parts = rest.split('.');
-        let layer: usize = parts.next().unwrap_or("").parse()?;
-        let module = parts.next_back().unwrap_or("").to_string();
+        let (layers, layer, path) = split_peft_name(prefix)
+            .with_context(|| format!("unexpected adapter tensor name {name}"))?;
+        match &layer_prefix {
+            Some(p) if *p != layers => bail!("adapter mixes layers `{p}N` and `{layers}N`"),
+            _ => layer_prefix = Some(layers),
+        }
         adapters.insert(
-            (layer, module),
+            (layer, path),
             Adapter {
                 a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
                 b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
@@ -482,5 +483,26 @@ pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device)
             },
         );
     }
-    Ok(Lora { config, adapters })
+    Ok(Lora {
+        config,
+        adapters,
+        layer_prefix: layer_prefix.context("the adapter holds no LoRA tensors")?,
+        fan_in_fan_out: j["fan_in_fan_out"] == true,
+    })
+}
+
+/// `base_model.model.model.layers.3.self_attn.q_proj` ->
+/// (`model.layers.`, 3, `self_attn.q_proj`): the layer index is the first
+/// all-digit part.
+fn split_peft_name(name: &str) -> Option<(String, usize, String)> {
+    let rest = name.strip_prefix("base_model.model.")?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    let i = parts
+        .iter()
+        .position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+    if i == 0 || i + 1 >= parts.len() {
+        return None;
+    }
+    let layers = format!("{}.", parts[..i].join("."));
+    Some((layers, parts[i].parse().ok()?, parts[i + 1..].join(".")))
 }

@@ -3,32 +3,21 @@
 
 use std::cell::Cell;
 
+mod common;
+use common::seqs;
+
 use candle_core::{DType, Device, Tensor};
-use flow_train::llama::{Batch, Config, Llama, Lora, LoraConfig, MODULES};
+use flow_train::llama::{Config, Llama, MODULE_PATHS};
+use flow_train::lora::{Lora, LoraConfig};
 use flow_train::ops;
 use flow_train::trainer::{self, Monitor, Quiet, Schedule, TrainConfig};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-fn seqs(n: usize, vocab: u32, seed: u64) -> Vec<(Vec<u32>, Vec<bool>)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let len = rng.random_range(4..12);
-            let split = rng.random_range(1..len - 1);
-            let ids: Vec<u32> = (0..len).map(|_| rng.random_range(1..vocab)).collect();
-            let flags = (0..len).map(|i| i >= split).collect();
-            (ids, flags)
-        })
-        .collect()
-}
 
 fn all_modules() -> LoraConfig {
     LoraConfig {
         rank: 2,
         alpha: 4.0,
         dropout: 0.0,
-        target_modules: MODULES.iter().map(|s| s.to_string()).collect(),
+        target_modules: MODULE_PATHS.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -38,67 +27,13 @@ fn all_modules() -> LoraConfig {
 /// dropped its gradient.
 #[test]
 fn every_lora_gradient_is_nonzero_and_matches_finite_differences() {
-    let dev = Device::Cpu;
     let cfg = Config::tiny();
-    let model = Llama::random(cfg.clone(), 1, &dev)
+    let model = Llama::random(cfg.clone(), 1, &Device::Cpu)
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap();
-    let lora = Lora::init_dtype(&cfg, &all_modules(), 2, &dev, DType::F64).unwrap();
-    // B starts at zero (PEFT's init), which makes A's gradient zero: use a random B.
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for ad in lora.adapters.values() {
-        let n = ad.b.elem_count();
-        let v: Vec<f64> = (0..n).map(|_| rng.random_range(-0.5..0.5)).collect();
-        ad.b.set(&Tensor::from_vec(v, ad.b.shape(), &dev).unwrap())
-            .unwrap();
-    }
-    let batch = Batch::new(&seqs(3, cfg.vocab_size as u32, 4), 0, &dev).unwrap();
-    let loss_of = |lora: &Lora| -> f64 {
-        let s = model.loss_sum(&batch, Some(lora), None).unwrap();
-        s.to_scalar::<f64>().unwrap() / batch.n_labels as f64
-    };
-    let loss =
-        (model.loss_sum(&batch, Some(&lora), None).unwrap() / batch.n_labels as f64).unwrap();
-    let grads = loss.backward().unwrap();
-    let vars = lora.named_vars();
-    assert_eq!(vars.len(), cfg.num_hidden_layers * MODULES.len() * 2);
-    for (name, var) in &vars {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-        let norm: f64 = gv.iter().map(|x| x * x).sum::<f64>().sqrt();
-        assert!(norm > 1e-8, "{name}: zero gradient");
-        let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        // Check the two largest entries of the gradient plus one random entry.
-        let mut idx: Vec<usize> = (0..gv.len()).collect();
-        idx.sort_by(|a, b| gv[*b].abs().total_cmp(&gv[*a].abs()));
-        let mut check = vec![idx[0], idx[1.min(idx.len() - 1)]];
-        check.push(rng.random_range(0..gv.len()));
-        for i in check {
-            let h = 1e-5;
-            let mut plus = orig.clone();
-            plus[i] += h;
-            var.set(&Tensor::from_vec(plus, var.shape(), &dev).unwrap())
-                .unwrap();
-            let lp = loss_of(&lora);
-            let mut minus = orig.clone();
-            minus[i] -= h;
-            var.set(&Tensor::from_vec(minus, var.shape(), &dev).unwrap())
-                .unwrap();
-            let lm = loss_of(&lora);
-            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &dev).unwrap())
-                .unwrap();
-            let fd = (lp - lm) / (2.0 * h);
-            let err = (fd - gv[i]).abs();
-            assert!(
-                err <= 1e-6 + 1e-4 * gv[i].abs().max(fd.abs()),
-                "{name}[{i}]: backward {} vs finite difference {fd}",
-                gv[i]
-            );
-        }
-    }
+    let n = common::check_lora_gradients(&model, &all_modules());
+    assert_eq!(n, cfg.num_hidden_layers * MODULE_PATHS.len() * 2);
 }
 
 #[test]
@@ -187,13 +122,13 @@ fn killed_training_resumes_to_the_same_result() {
     let data = seqs(20, cfg.vocab_size as u32, 6);
     let tc = tiny_train_config(2);
 
-    let lora_a = Lora::init(&cfg, &tc.lora, 7, &dev).unwrap();
+    let lora_a = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
     let full = trainer::train(&model, &lora_a, &data, &tc, 0, None, &Quiet).unwrap();
     assert_eq!(full.losses.len(), full.steps);
     assert!(full.steps >= 5, "{}", full.steps);
 
     let dir = tempfile::tempdir().unwrap();
-    let lora_b = Lora::init(&cfg, &tc.lora, 7, &dev).unwrap();
+    let lora_b = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
     let stop = StopAfter {
         steps: Cell::new(0),
         limit: 3,
@@ -201,7 +136,7 @@ fn killed_training_resumes_to_the_same_result() {
     let err = trainer::train(&model, &lora_b, &data, &tc, 0, Some(dir.path()), &stop).unwrap_err();
     assert!(err.is::<trainer::Stopped>());
     // A new process: fresh adapter init, state from the work folder.
-    let lora_c = Lora::init(&cfg, &tc.lora, 7, &dev).unwrap();
+    let lora_c = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
     let resumed = trainer::train(&model, &lora_c, &data, &tc, 0, Some(dir.path()), &Quiet).unwrap();
     assert_eq!(resumed.resumed_from, 3);
     assert_eq!(resumed.steps_run, full.steps - 3);
@@ -220,7 +155,7 @@ fn training_lowers_the_loss_on_a_tiny_model() {
     let mut tc = tiny_train_config(5);
     tc.lora.dropout = 0.0;
     tc.lr = 3e-2;
-    let lora = Lora::init(&cfg, &tc.lora, 1, &dev).unwrap();
+    let lora = Lora::init(&cfg.targets(), &tc.lora, 1, &dev).unwrap();
     let (before, n) = trainer::eval_sum(&model, Some(&lora), &data, 4, 0, &Quiet).unwrap();
     trainer::train(&model, &lora, &data, &tc, 0, None, &Quiet).unwrap();
     let (after, m) = trainer::eval_sum(&model, Some(&lora), &data, 4, 0, &Quiet).unwrap();
@@ -235,7 +170,7 @@ fn peft_export_round_trips() {
     let model = Llama::random(cfg.clone(), 1, &dev).unwrap();
     let mut lc = all_modules();
     lc.target_modules = vec!["q_proj".into(), "v_proj".into(), "down_proj".into()];
-    let lora = Lora::init(&cfg, &lc, 3, &dev).unwrap();
+    let lora = Lora::init(&cfg.targets(), &lc, 3, &dev).unwrap();
     for ad in lora.adapters.values() {
         let b = Tensor::randn(0f32, 0.1, ad.b.shape(), &dev).unwrap();
         ad.b.set(&b).unwrap();

@@ -1,0 +1,161 @@
+//! Loading a Hugging Face checkpoint folder: `config.json` says the
+//! architecture (`model_type`: llama, gpt2, opt), the weights are
+//! `model.safetensors` or the shards listed in `model.safetensors.index.json`
+//! (memory-mapped, converted to f32 tensor by tensor), and the tokenizer is
+//! `tokenizer.json`.
+//!
+//! Hugging Face checkpoints keep q/k in the `rotate_half` layout the llama
+//! code here uses (no un-permuting, unlike GGUF).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::gpt2::{self, Gpt2};
+use crate::llama::{self, Llama};
+use crate::model::CausalLm;
+use crate::opt::{self, Opt};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+
+const CONFIG: &str = "config.json";
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Architectures this loader reads, by `model_type`.
+pub const ARCHITECTURES: [&str; 3] = ["llama", "gpt2", "opt"];
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// The safetensors files of the checkpoint in `dir`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(INDEX);
+    if index.is_file() {
+        let j = read_json(&index)?;
+        let map = j["weight_map"]
+            .as_object()
+            .with_context(|| format!("{}: no `weight_map`", index.display()))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            bail!(
+                "{} lists {}, which is not there",
+                index.display(),
+                missing.display()
+            );
+        }
+        return Ok(files);
+    }
+    bail!("{} has neither {SINGLE} nor {INDEX}", dir.display())
+}
+
+/// Every tensor of the checkpoint, in its stored dtype, on the CPU.
+fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let files = weight_files(dir)?;
+    // Safety: the files are only read; a concurrent writer would be a user error,
+    // as for every tool that maps checkpoints (transformers, candle).
+    let st = unsafe { MmapedSafetensors::multi(&files) }
+        .with_context(|| format!("cannot read the safetensors in {}", dir.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, _) in st.tensors() {
+        let t = st
+            .load(&name, &Device::Cpu)
+            .with_context(|| format!("tensor `{name}`"))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The model in the Hugging Face folder `dir`, in f32 (or `dtype`) on `device`.
+pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn CausalLm>> {
+    let config_path = dir.join(CONFIG);
+    let config = read_json(&config_path)?;
+    let model_type = config["model_type"]
+        .as_str()
+        .with_context(|| format!("{}: no `model_type`", config_path.display()))?
+        .to_string();
+    let parse_err = || {
+        format!(
+            "{} does not describe a {model_type} model",
+            config_path.display()
+        )
+    };
+    let tensors = read_tensors(dir)?;
+    match model_type.as_str() {
+        "llama" => {
+            let c: llama::HfConfig = serde_json::from_value(config).with_context(parse_err)?;
+            let cfg = c.into_config()?;
+            let w = Weights::new(tensors, &[], device).with_dtype(dtype);
+            Ok(Box::new(Llama::from_weights(cfg, w, device)?))
+        }
+        "gpt2" => {
+            let c: gpt2::Config = serde_json::from_value(config).with_context(parse_err)?;
+            let w = Weights::new(tensors, &["transformer."], device).with_dtype(dtype);
+            Ok(Box::new(Gpt2::from_weights(c, w, device)?))
+        }
+        "opt" => {
+            let c: opt::Config = serde_json::from_value(config).with_context(parse_err)?;
+            let w = Weights::new(tensors, &["model."], device).with_dtype(dtype);
+            Ok(Box::new(Opt::from_weights(c, w, device)?))
+        }
+        other => bail!(
+            "{}: model_type `{other}` is not supported for training (supported: {})",
+            config_path.display(),
+            ARCHITECTURES.join(", ")
+        ),
+    }
+}
+
+/// The tokenizer of the checkpoint in `dir`: `tokenizer.json`, with the end
+/// token from `tokenizer_config.json` (else `config.json`'s
+/// `eos_token_id`), and a BOS token when the tokenizer adds one itself.
+pub fn load_tokenizer(dir: &Path, tokenizer_json: &Path) -> Result<Tokenizer> {
+    let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_json.display()))?;
+    let config = read_json(&dir.join(CONFIG))?;
+    let id_of = |v: &serde_json::Value| -> Option<u32> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
+            serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+            _ => None,
+        }
+    };
+    let tk_config = read_json(&dir.join("tokenizer_config.json")).ok();
+    let eos_text = tk_config.as_ref().and_then(|c| match &c["eos_token"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|v| v.as_str()).map(String::from),
+        _ => None,
+    });
+    let eos = eos_text
+        .and_then(|t| inner.token_to_id(&t))
+        .or_else(|| id_of(&config["eos_token_id"]))
+        .with_context(|| {
+            format!(
+                "{}: no end-of-text token (eos_token in tokenizer_config.json or eos_token_id \
+                 in config.json)",
+                dir.display()
+            )
+        })?;
+    // Whether the tokenizer itself prepends BOS (Llama 3 does, GPT-2 does not).
+    let probe = inner
+        .encode("a", true)
+        .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+    let bos = id_of(&config["bos_token_id"]).filter(|b| probe.get_ids().first() == Some(b));
+    Ok(Tokenizer { inner, eos, bos })
+}
