@@ -5,7 +5,8 @@ For each architecture the trainer reads from Hugging Face checkpoints
 (llama with Llama 3 RoPE scaling, GPT-2, OPT pre-norm, OPT post-norm with
 project_in/out as in OPT-350M), a tiny randomly initialised model is built
 with transformers and saved as a checkpoint folder (config.json +
-model.safetensors + a character-level tokenizer.json), together with a PEFT LoRA adapter on PEFT's default
+model.safetensors + a character-level tokenizer.json; the OPT-350M-like one as
+OPT's repositories are: pytorch_model.bin + vocab.json/merges.txt), together with a PEFT LoRA adapter on PEFT's default
 target modules (B made non-zero so the adapter changes the output) and the
 reference logits of both on fixed token ids. The Rust test loads the same
 files and must reproduce the logits.
@@ -18,7 +19,7 @@ import json
 import os
 
 import torch
-from tokenizers import Tokenizer, models as tk_models
+from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
@@ -48,18 +49,35 @@ def models():
     ))
 
 
-def save_tokenizer(d):
-    """A character-level tokenizer that fits the tiny vocabulary: specials
-    <unk> <s> </s>, then the 93 characters from space to `|`."""
+def byte_char(code):
+    """GPT-2's byte-level alphabet: printable ASCII maps to itself, space to 'Ġ'."""
+    return "\u0120" if code == 32 else chr(code)
+
+
+def save_tokenizer(d, slow):
+    """A byte-level tokenizer with no merges that fits the tiny vocabulary:
+    specials <unk> <s> </s>, then the 93 characters from space to `|`. As
+    tokenizer.json, or (`slow`, as OPT's repositories) vocab.json + merges.txt
+    with a tokenizer_config.json asking for BOS."""
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for i, code in enumerate(range(32, 125)):
-        vocab[chr(code)] = 3 + i
+        vocab[byte_char(code)] = 3 + i
     assert len(vocab) == VOCAB
-    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.save(os.path.join(d, "tokenizer.json"))
+    config = {"eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}
+    if slow:
+        with open(os.path.join(d, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(d, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n")
+        config["add_bos_token"] = True
+    else:
+        tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+        tok.save(os.path.join(d, "tokenizer.json"))
     with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "</s>", "bos_token": "<s>"}, f)
+        json.dump(config, f)
 
 
 def main():
@@ -76,8 +94,18 @@ def main():
                     p.add_(0.1 * torch.randn(p.shape, generator=gen))
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
-        model.save_pretrained(d, safe_serialization=True)
-        save_tokenizer(d)
+        # opt-postnorm is laid out as OPT's hub repositories: PyTorch's pickle
+        # and a slow tokenizer's files.
+        slow = name == "opt-postnorm"
+        for stale in ["model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.json", "merges.txt"]:
+            if os.path.exists(os.path.join(d, stale)):
+                os.remove(os.path.join(d, stale))
+        if slow:
+            torch.save(model.state_dict(), os.path.join(d, "pytorch_model.bin"))
+            model.config.save_pretrained(d)
+        else:
+            model.save_pretrained(d, safe_serialization=True)
+        save_tokenizer(d, slow)
         with torch.no_grad():
             base = model(input_ids=ids).logits
         peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0))

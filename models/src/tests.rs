@@ -184,8 +184,8 @@ fn sharded_hub_checkpoints_download_every_shard() {
         (format!("{repo}/config.json"), b"{}".to_vec()),
         (format!("{repo}/tokenizer.json"), b"{}".to_vec()),
     ];
-    // model.safetensors (404), the index, 2 shards, 3 extras (one 404).
-    let url = serve(files, 7);
+    // model.safetensors (404), the index, 2 shards, 5 extras (3 of them 404).
+    let url = serve(files, 9);
     std::env::set_var("HF_ENDPOINT", &url);
     let env = ModelEnv {
         base_dir: dir.path().to_path_buf(),
@@ -227,4 +227,37 @@ fn sharded_hub_checkpoints_download_every_shard() {
     std::fs::write(folder.join("model-00002-of-00002.safetensors"), b"changed").unwrap();
     let id2 = weights_identity(&spec, &offline, &hash).unwrap().unwrap();
     assert_ne!(id, id2);
+}
+
+/// A slow tokenizer's vocab.json + merges.txt (as OPT ships) tokenizes as
+/// the same vocabulary's tokenizer.json, with BOS when its config asks.
+#[test]
+fn vocab_and_merges_tokenize_like_tokenizer_json() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../train/tests/fixtures");
+    let slow = fixtures.join("opt-postnorm");
+    let fast = tokenizers::Tokenizer::from_file(fixtures.join("gpt2/tokenizer.json")).unwrap();
+    let built = tokenizer_from_vocab_merges(
+        &slow.join("vocab.json"),
+        &slow.join("merges.txt"),
+        Some(&slow.join("tokenizer_config.json")),
+    )
+    .unwrap();
+    let text = "Tom went out. He saw 3 birds!";
+    let want = fast.encode(text, false).unwrap().get_ids().to_vec();
+    let got = built.encode(text, true).unwrap().get_ids().to_vec();
+    assert_eq!(got[0], 1, "BOS <s> first: {got:?}");
+    assert_eq!(&got[1..], &want[..]);
+    assert_eq!(built.decode(&got[1..], true).unwrap(), text);
+    // Resolution picks these files when there is no tokenizer.json.
+    let spec = ModelSpec {
+        path: Some(slow.clone()),
+        format: Some(Format::Safetensors),
+        ..Default::default()
+    };
+    let found = resolve(&spec, &offline_env(&slow)).unwrap();
+    assert!(found.weights.ends_with("pytorch_model.bin"));
+    assert!(matches!(
+        found.tokenizer,
+        TokenizerSource::VocabMerges { .. }
+    ));
 }

@@ -361,9 +361,13 @@ pub(crate) fn load_model(
 ) -> Result<flow_train::Loaded, StageError> {
     let resolved = crate::generation::resolve_model(ctx, name, flow_models::Format::Gguf)
         .map_err(|e| StageError::invalid(e.to_string()))?;
-    let tokenizer = match &resolved.tokenizer {
-        flow_models::TokenizerSource::File(p) => Some(p.as_path()),
-        flow_models::TokenizerSource::GgufEmbedded => None,
+    let tokenizer = match resolved.format {
+        // The trainer reads a GGUF's tokenizer itself.
+        flow_models::Format::Gguf => None,
+        flow_models::Format::Safetensors => Some(
+            flow_models::load_tokenizer(&resolved)
+                .map_err(|e| StageError::invalid(format!("model `{name}`: {e}")))?,
+        ),
     };
     flow_train::load(&resolved.weights, tokenizer, device).map_err(|e| {
         StageError::invalid(format!(

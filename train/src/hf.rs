@@ -1,8 +1,9 @@
 //! Loading a Hugging Face checkpoint folder: `config.json` says the
 //! architecture (`model_type`: llama, gpt2, opt), the weights are
 //! `model.safetensors` or the shards listed in `model.safetensors.index.json`
-//! (memory-mapped, converted to f32 tensor by tensor), and the tokenizer is
-//! `tokenizer.json`.
+//! (memory-mapped, converted to f32 tensor by tensor), or PyTorch's
+//! `pytorch_model.bin` where a repository has nothing else; the tokenizer
+//! comes from `flow_models` (`tokenizer.json`, or `vocab.json` + `merges.txt`).
 //!
 //! Hugging Face checkpoints keep q/k in the `rotate_half` layout the llama
 //! code here uses (no un-permuting, unlike GGUF).
@@ -24,6 +25,8 @@ use crate::weights::Weights;
 const CONFIG: &str = "config.json";
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
+/// PyTorch's pickle, what older repositories (OPT) have instead.
+const PICKLE: &str = "pytorch_model.bin";
 
 /// Architectures this loader reads, by `model_type`.
 pub const ARCHITECTURES: [&str; 3] = ["llama", "gpt2", "opt"];
@@ -34,7 +37,8 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// The safetensors files of the checkpoint in `dir`.
+/// The safetensors files of the checkpoint in `dir` (empty when it has only
+/// PyTorch's pickle).
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(SINGLE);
     if single.is_file() {
@@ -62,12 +66,21 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         return Ok(files);
     }
-    bail!("{} has neither {SINGLE} nor {INDEX}", dir.display())
+    if dir.join(PICKLE).is_file() {
+        return Ok(Vec::new());
+    }
+    bail!("{} has none of {SINGLE}, {INDEX}, {PICKLE}", dir.display())
 }
 
 /// Every tensor of the checkpoint, in its stored dtype, on the CPU.
 fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
     let files = weight_files(dir)?;
+    if files.is_empty() {
+        let pickle = dir.join(PICKLE);
+        let tensors = candle_core::pickle::read_all(&pickle)
+            .with_context(|| format!("cannot read the PyTorch weights {}", pickle.display()))?;
+        return Ok(tensors.into_iter().collect());
+    }
     // Safety: the files are only read; a concurrent writer would be a user error,
     // as for every tool that maps checkpoints (transformers, candle).
     let st = unsafe { MmapedSafetensors::multi(&files) }
@@ -122,12 +135,10 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn C
     }
 }
 
-/// The tokenizer of the checkpoint in `dir`: `tokenizer.json`, with the end
-/// token from `tokenizer_config.json` (else `config.json`'s
-/// `eos_token_id`), and a BOS token when the tokenizer adds one itself.
-pub fn load_tokenizer(dir: &Path, tokenizer_json: &Path) -> Result<Tokenizer> {
-    let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
-        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_json.display()))?;
+/// The tokenizer `inner` of the checkpoint in `dir`, with the end token
+/// from `tokenizer_config.json` (else `config.json`'s `eos_token_id`), and
+/// a BOS token when the tokenizer adds one itself.
+pub fn tokenizer(dir: &Path, inner: tokenizers::Tokenizer) -> Result<Tokenizer> {
     let config = read_json(&dir.join(CONFIG))?;
     let id_of = |v: &serde_json::Value| -> Option<u32> {
         match v {

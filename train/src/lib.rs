@@ -50,12 +50,13 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Loads a model from a GGUF file (llama), or from the Hugging Face
-/// checkpoint folder that holds `weights` (`model.safetensors` or its
-/// shards) with `tokenizer_json` (default: `tokenizer.json` beside it).
+/// Loads a model from a GGUF file (llama, with its own tokenizer), or from
+/// the Hugging Face checkpoint folder that holds `weights`
+/// (`model.safetensors`, its shards' index, or `pytorch_model.bin`) with the
+/// given tokenizer (default: `tokenizer.json` in that folder).
 pub fn load(
     weights: &Path,
-    tokenizer_json: Option<&Path>,
+    tokenizer: Option<tokenizers::Tokenizer>,
     device: &Device,
 ) -> anyhow::Result<Loaded> {
     if weights.extension().and_then(|e| e.to_str()) == Some("gguf") {
@@ -70,12 +71,17 @@ pub fn load(
     } else {
         weights.parent().unwrap_or(Path::new("."))
     };
-    let tk = tokenizer_json
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    let inner = match tokenizer {
+        Some(t) => t,
+        None => {
+            let path = dir.join("tokenizer.json");
+            tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?
+        }
+    };
     let loaded = Loaded {
         model: hf::load_model(dir, device, candle_core::DType::F32)?,
-        tokenizer: hf::load_tokenizer(dir, &tk)?,
+        tokenizer: hf::tokenizer(dir, inner)?,
     };
     let vocab = loaded.model.vocab_size();
     let t = &loaded.tokenizer;
@@ -86,7 +92,7 @@ pub fn load(
         anyhow::bail!(
             "{}: the tokenizer ({} tokens, end token {}) does not fit the model's {vocab}-token \
              vocabulary",
-            tk.display(),
+            dir.display(),
             t.inner.get_vocab_size(true),
             t.eos
         );
