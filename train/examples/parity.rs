@@ -1,11 +1,12 @@
-//! The Rust half of `parity/parity.py`: loads SmolLM2 from GGUF, tokenizes
+//! The Rust half of `parity/parity.py`: loads SmolLM2 from GGUF (or any
+//! supported Hugging Face checkpoint folder with `--hf`), tokenizes
 //! real stories, and writes everything the PyTorch + PEFT half needs to
 //! repeat the same computation (token ids, the data order, the initial
 //! adapter), plus its own results (base forward loss, training curve, test
 //! loss, tokens/s, peak memory).
 //!
 //! cargo run --release -p flow-train --example parity -- \
-//!     --gguf SmolLM2-135M-Instruct.Q4_1.gguf --stories stories.jsonl --out DIR \
+//!     (--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --hf CHECKPOINT_DIR) --stories stories.jsonl --out DIR \
 //!     [--train 64] [--test 32] [--epochs 1] [--batch 8] [--lr 1e-4] [--seed 0]
 //!     [--max-len 128] [--threads 2]
 
@@ -15,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use flow_train::data::{self, Loss, Text};
 use flow_train::lora::{Lora, LoraConfig};
-use flow_train::model::{Batch, CausalLm};
+use flow_train::model::Batch;
 use flow_train::trainer::{self, epoch_plan, Monitor, TrainConfig};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> Result<T> {
@@ -51,7 +52,7 @@ impl Monitor for Print {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let gguf: PathBuf = arg(&args, "--gguf", None)?;
+    let weights: PathBuf = arg(&args, "--gguf", None).or_else(|_| arg(&args, "--hf", None))?;
     let stories: PathBuf = arg(&args, "--stories", None)?;
     let out: PathBuf = arg(&args, "--out", None)?;
     let n_train: usize = arg(&args, "--train", Some(64))?;
@@ -62,6 +63,8 @@ fn main() -> Result<()> {
     let seed: u64 = arg(&args, "--seed", Some(0))?;
     let max_len: usize = arg(&args, "--max-len", Some(128))?;
     let threads: usize = arg(&args, "--threads", Some(2))?;
+    // Off by default: dropout masks cannot match PyTorch's, so exact parity needs it off on both sides.
+    let model_dropout: u8 = arg(&args, "--model-dropout", Some(0))?;
     std::fs::create_dir_all(&out)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -69,10 +72,14 @@ fn main() -> Result<()> {
 
     let dev = flow_train::device();
     let t0 = Instant::now();
-    let loaded = flow_train::gguf::load(&gguf, &dev)?;
+    let loaded = flow_train::load(&weights, None, &dev)?;
     let load_s = t0.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
-    let model = &loaded.model;
+    let model = loaded.model.as_ref();
+    let base_name = weights
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
 
     // ROCStories: input = first four sentences, target = the fifth.
     let text = std::fs::read_to_string(&stories)?;
@@ -106,6 +113,7 @@ fn main() -> Result<()> {
         batch_size: batch,
         seed,
         checkpoint_every: 0,
+        model_dropout: model_dropout != 0,
         ..TrainConfig::default()
     };
     let plan: Vec<Vec<Vec<Vec<usize>>>> = (0..epochs)
@@ -127,15 +135,15 @@ fn main() -> Result<()> {
     })?;
     eprintln!("base loss on the first test batch: {base_loss:.6}");
 
-    let lora = Lora::init(&model.config.targets(), &cfg.lora, seed, &dev)?;
-    trainer::save_peft(&lora, &out.join("init_adapter"), "smollm2-135m-instruct")?;
+    let lora = Lora::init(&model.targets(), &cfg.lora, seed, &dev)?;
+    trainer::save_peft(&lora, &out.join("init_adapter"), &base_name)?;
     let (base_test_sum, base_test_n) =
         pool.install(|| trainer::eval_sum(model, None, &test, batch, pad, &trainer::Quiet))?;
 
     let report = pool.install(|| trainer::train(model, &lora, &train, &cfg, pad, None, &Print))?;
     let (test_sum, test_n) =
         pool.install(|| trainer::eval_sum(model, Some(&lora), &test, batch, pad, &trainer::Quiet))?;
-    trainer::save_peft(&lora, &out.join("final_adapter"), "smollm2-135m-instruct")?;
+    trainer::save_peft(&lora, &out.join("final_adapter"), &base_name)?;
 
     let tokens = serde_json::json!({
         "train": train.iter().map(|(i, f)| serde_json::json!({"ids": i, "target": f})).collect::<Vec<_>>(),

@@ -81,6 +81,7 @@ pub fn config(c: &gguf_file::Content) -> Result<Config> {
         max_position_embeddings: meta_usize(c, "llama.context_length").unwrap_or(2048),
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         rope_scaling: None,
+        attention_dropout: 0.0,
     })
 }
 

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-use crate::lora::{adapt, Dropout, Lora, Module, Targets};
+use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
 use crate::model::CausalLm;
 use crate::ops::{self, Affine, Norm};
 use crate::weights::Weights;
@@ -29,10 +29,22 @@ pub struct Config {
     pub layer_norm_epsilon: f64,
     #[serde(default = "default_activation")]
     pub activation_function: String,
+    /// Dropout after the embeddings, on attention probabilities, and after
+    /// each block's two output projections (training only; HF's 0.1 defaults).
+    #[serde(default = "default_dropout")]
+    pub embd_pdrop: f64,
+    #[serde(default = "default_dropout")]
+    pub attn_pdrop: f64,
+    #[serde(default = "default_dropout")]
+    pub resid_pdrop: f64,
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default)]
     pub reorder_and_upcast_attn: bool,
+}
+
+fn default_dropout() -> f64 {
+    0.1
 }
 
 fn default_eps() -> f64 {
@@ -182,7 +194,7 @@ impl CausalLm for Gpt2 {
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        mut dropout: Option<&mut Dropout>,
+        mut train: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
@@ -201,13 +213,14 @@ impl CausalLm for Gpt2 {
             head_dim: d / cfg.n_head,
         };
         let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
-        let dr = &mut dropout;
+        let dr = &mut train;
         let tok = self.wte.index_select(&ids.flatten_all()?, 0)?;
         let pos = self.wpe.narrow(0, 0, t)?;
-        let mut x = tok
+        let x = tok
             .reshape((b, t, d))?
             .broadcast_add(&pos)?
             .reshape((b * t, d))?;
+        let mut x = model_dropout(x, cfg.embd_pdrop, dr)?;
         for (li, blk) in self.blocks.iter().enumerate() {
             let h = blk.ln_1.forward(&x, cfg.layer_norm_epsilon)?;
             let qkv = adapt(lora, li, "attn.c_attn", &h, blk.c_attn.forward(&h)?, dr)?;
@@ -216,9 +229,9 @@ impl CausalLm for Gpt2 {
                 qkv.narrow(1, d, d)?,
                 qkv.narrow(1, 2 * d, d)?,
             );
-            let o = ops::causal_attention(&q, &k, &v, heads, None, &mask)?;
+            let o = ops::causal_attention(&q, &k, &v, heads, None, &mask, (cfg.attn_pdrop, dr))?;
             let attn = adapt(lora, li, "attn.c_proj", &o, blk.attn_proj.forward(&o)?, dr)?;
-            x = (x + attn)?;
+            x = (x + model_dropout(attn, cfg.resid_pdrop, dr)?)?;
 
             let h = blk.ln_2.forward(&x, cfg.layer_norm_epsilon)?;
             let fc = adapt(lora, li, "mlp.c_fc", &h, blk.c_fc.forward(&h)?, dr)?;
@@ -231,7 +244,7 @@ impl CausalLm for Gpt2 {
                 blk.mlp_proj.forward(&act)?,
                 dr,
             )?;
-            x = (x + out)?;
+            x = (x + model_dropout(out, cfg.resid_pdrop, dr)?)?;
         }
         Ok(self.ln_f.forward(&x, cfg.layer_norm_epsilon)?)
     }

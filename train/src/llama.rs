@@ -46,6 +46,9 @@ pub struct Config {
     /// Llama 3.1+'s frequency-dependent RoPE scaling.
     #[serde(default)]
     pub rope_scaling: Option<ops::Llama3Scaling>,
+    /// Dropout on the attention probabilities when training (0 for SmolLM2, Llama 3).
+    #[serde(default)]
+    pub attention_dropout: f64,
 }
 
 /// `config.json` of a Hugging Face llama checkpoint (its names and defaults).
@@ -73,6 +76,8 @@ pub struct HfConfig {
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_dropout: f64,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -135,6 +140,7 @@ impl HfConfig {
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             rope_scaling,
+            attention_dropout: self.attention_dropout,
         })
     }
 }
@@ -158,6 +164,7 @@ impl Config {
             max_position_embeddings: 64,
             tie_word_embeddings: true,
             rope_scaling: None,
+            attention_dropout: 0.0,
         }
     }
 
@@ -323,7 +330,7 @@ impl CausalLm for Llama {
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        mut dropout: Option<&mut Dropout>,
+        mut train: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
@@ -348,7 +355,7 @@ impl CausalLm for Llama {
         let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
         let groups = heads.heads / heads.kv_heads;
         let mask = ops::causal_mask(groups, t, &self.device)?.to_dtype(dt)?;
-        let dr = &mut dropout;
+        let dr = &mut train;
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (n, d)
         for (li, layer) in self.layers.iter().enumerate() {
@@ -364,7 +371,15 @@ impl CausalLm for Llama {
                 qkv.narrow(1, d + kv, kv)?,
                 dr,
             )?;
-            let o = ops::causal_attention(&q, &k, &v, heads, Some((&cos, &sin)), &mask)?;
+            let o = ops::causal_attention(
+                &q,
+                &k,
+                &v,
+                heads,
+                Some((&cos, &sin)),
+                &mask,
+                (cfg.attention_dropout, dr),
+            )?;
             let attn = ops::frozen_linear(&o, &layer.o_proj)?;
             x = (x + adapt(lora, li, "self_attn.o_proj", &o, attn, dr)?)?;
 

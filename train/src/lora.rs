@@ -293,23 +293,37 @@ impl Lora {
     }
 }
 
-/// LoRA dropout (inverted, as torch's `nn.Dropout`), seeded per step so a
-/// resumed run draws the same masks.
+/// Training-time dropout (inverted, as torch's `nn.Dropout`), seeded per
+/// step so a resumed run draws the same masks. `p` is LoRA's dropout on the
+/// adapters' input; with `model` set, the architecture's own dropout (its
+/// config's, e.g. GPT-2's 0.1) also applies, as in PyTorch's training mode.
 pub struct Dropout {
     pub p: f64,
+    pub model: bool,
     pub rng: ChaCha8Rng,
 }
 
 impl Dropout {
-    pub fn new(p: f64, seed: u64) -> Self {
+    pub fn new(p: f64, model: bool, seed: u64) -> Self {
         Dropout {
             p,
+            model,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
+
+    /// LoRA's dropout on `x`.
     pub fn apply(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply_p(x, self.p)
+    }
+
+    /// Zeroes each entry of `x` with probability `p`, scaling the rest by 1 / (1 - p).
+    pub fn apply_p(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
         let n = x.elem_count();
-        let keep = 1.0 - self.p;
+        let keep = 1.0 - p;
         let m: Vec<f32> = (0..n)
             .map(|_| {
                 if self.rng.random::<f64>() < keep {
@@ -320,5 +334,18 @@ impl Dropout {
             })
             .collect();
         x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?
+    }
+}
+
+/// The architecture's dropout with probability `p` when training with
+/// model dropout on; `x` unchanged otherwise.
+pub fn model_dropout(
+    x: Tensor,
+    p: f64,
+    train: &mut Option<&mut Dropout>,
+) -> candle_core::Result<Tensor> {
+    match train.as_deref_mut() {
+        Some(d) if d.model && p > 0.0 => d.apply_p(&x, p),
+        _ => Ok(x),
     }
 }

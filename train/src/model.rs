@@ -11,12 +11,13 @@ use crate::ops;
 /// A causal language model with a frozen base whose projections can carry
 /// LoRA adapters.
 pub trait CausalLm: Send + Sync {
-    /// Final hidden states (B*T, d) of right-padded `ids` (B, T).
+    /// Final hidden states (B*T, d) of right-padded `ids` (B, T); `train`
+    /// is the training-time dropout (none when evaluating).
     fn hidden(
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        dropout: Option<&mut Dropout>,
+        train: Option<&mut Dropout>,
     ) -> Result<Tensor>;
 
     /// The output projection (V, d) (the embedding when tied).
@@ -41,9 +42,9 @@ pub trait CausalLm: Send + Sync {
         &self,
         batch: &Batch,
         lora: Option<&Lora>,
-        dropout: Option<&mut Dropout>,
+        train: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let hidden = self.hidden(&batch.ids, lora, dropout)?;
+        let hidden = self.hidden(&batch.ids, lora, train)?;
         let picked = hidden.index_select(&batch.positions, 0)?;
         let logits = ops::frozen_linear(&picked, self.lm_head())?;
         Ok(ops::cross_entropy_sum(&logits, &batch.labels)?)

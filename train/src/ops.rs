@@ -11,6 +11,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
+use crate::lora::{model_dropout, Dropout};
+
 /// `x @ w^T` for a frozen `w` (out, in): gradients flow to `x` only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
@@ -128,7 +130,8 @@ pub struct Heads {
 
 /// Causal self-attention of right-padded sequences: `q` (B*T, H*D), `k` and
 /// `v` (B*T, KV*D), rotary tables when the model uses RoPE, `mask` from
-/// [`causal_mask`] with `H / KV` groups. Returns (B*T, H*D).
+/// [`causal_mask`] with `H / KV` groups, and the probabilities' dropout
+/// when training. Returns (B*T, H*D).
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -136,6 +139,7 @@ pub fn causal_attention(
     s: Heads,
     rope_tables: Option<(&Tensor, &Tensor)>,
     mask: &Tensor,
+    probs_dropout: (f64, &mut Option<&mut Dropout>),
 ) -> Result<Tensor> {
     let (b, t, hd) = (s.batch, s.len, s.head_dim);
     let groups = s.heads / s.kv_heads;
@@ -157,6 +161,7 @@ pub fn causal_attention(
     let q = q.reshape((b, s.kv_heads, groups * t, hd))?;
     let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
     let p = softmax_last_dim(&scores)?;
+    let p = model_dropout(p, probs_dropout.0, probs_dropout.1)?;
     p.matmul(&v)? // (b, kv, groups*t, hd)
         .reshape((b, s.heads, t, hd))?
         .transpose(1, 2)?

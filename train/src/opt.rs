@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use crate::gpt2::Activation;
-use crate::lora::{adapt, Dropout, Lora, Module, Targets};
+use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
 use crate::model::CausalLm;
 use crate::ops::{self, Affine, Norm};
 use crate::weights::Weights;
@@ -48,6 +48,19 @@ pub struct Config {
     pub layer_norm_elementwise_affine: bool,
     #[serde(default, rename = "_remove_final_layer_norm")]
     pub remove_final_layer_norm: bool,
+    /// Dropout after each block's attention output and MLP output, and on
+    /// attention probabilities (training only; HF's defaults 0.1 and 0).
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Skipping whole layers while training is not implemented: must be 0.
+    #[serde(default)]
+    pub layerdrop: f64,
+}
+
+fn default_dropout() -> f64 {
+    0.1
 }
 
 fn yes() -> bool {
@@ -113,6 +126,12 @@ impl Opt {
             );
         }
         let activation = Activation::parse(&config.activation_function)?;
+        if config.layerdrop > 0.0 {
+            bail!(
+                "config.json: layerdrop {} is not supported",
+                config.layerdrop
+            );
+        }
         let dev = device.clone();
         let (affine_norm, bias) = (config.layer_norm_elementwise_affine, config.enable_bias);
         let norm = |w: &mut Weights, p: &str| -> Result<Norm> {
@@ -198,7 +217,7 @@ impl CausalLm for Opt {
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        mut dropout: Option<&mut Dropout>,
+        mut train: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
@@ -217,7 +236,7 @@ impl CausalLm for Opt {
             head_dim: d / cfg.num_attention_heads,
         };
         let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
-        let dr = &mut dropout;
+        let dr = &mut train;
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
         if let Some(p) = &self.project_in {
             x = ops::frozen_linear(&x, p)?;
@@ -246,7 +265,8 @@ impl CausalLm for Opt {
                 qkv.narrow(1, 2 * d, d)?,
                 dr,
             )?;
-            let o = ops::causal_attention(&q, &k, &v, heads, None, &mask)?;
+            let o =
+                ops::causal_attention(&q, &k, &v, heads, None, &mask, (cfg.attention_dropout, dr))?;
             let attn = adapt(
                 lora,
                 li,
@@ -255,7 +275,7 @@ impl CausalLm for Opt {
                 l.out_proj.forward(&o)?,
                 dr,
             )?;
-            x = (x + attn)?;
+            x = (x + model_dropout(attn, cfg.dropout, dr)?)?;
             if !pre {
                 x = norm(&x, &l.attn_norm)?;
             }
@@ -268,7 +288,7 @@ impl CausalLm for Opt {
             let fc1 = adapt(lora, li, "fc1", &h, l.fc1.forward(&h)?, dr)?;
             let act = self.activation.apply(&fc1)?;
             let fc2 = adapt(lora, li, "fc2", &act, l.fc2.forward(&act)?, dr)?;
-            x = (x + fc2)?;
+            x = (x + model_dropout(fc2, cfg.dropout, dr)?)?;
             if !pre {
                 x = norm(&x, &l.mlp_norm)?;
             }

@@ -49,6 +49,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Save a checkpoint every this many optimizer steps (0: never).
     pub checkpoint_every: usize,
+    /// Apply the architecture's own dropout while training (GPT-2's and
+    /// OPT's 0.1), as PyTorch does in training mode.
+    #[serde(default = "yes")]
+    pub model_dropout: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrainConfig {
@@ -69,6 +77,7 @@ impl Default for TrainConfig {
             grad_accum: 1,
             seed: 0,
             checkpoint_every: 50,
+            model_dropout: true,
         }
     }
 }
@@ -233,15 +242,14 @@ pub fn train(
                 if batch.n_labels == 0 {
                     continue;
                 }
-                let mut dropout = (cfg.lora.dropout > 0.0).then(|| {
-                    Dropout::new(
-                        cfg.lora.dropout,
-                        cfg.seed
-                            .wrapping_mul(1_000_003)
-                            .wrapping_add((step * 64 + mi) as u64),
-                    )
-                });
-                let sum = model.loss_sum(&batch, Some(lora), dropout.as_mut())?;
+                let mut dropout = Dropout::new(
+                    cfg.lora.dropout,
+                    cfg.model_dropout,
+                    cfg.seed
+                        .wrapping_mul(1_000_003)
+                        .wrapping_add((step * 64 + mi) as u64),
+                );
+                let sum = model.loss_sum(&batch, Some(lora), Some(&mut dropout))?;
                 let loss = (sum / (batch.n_labels as f64 * k))?;
                 step_loss += scalar(&loss)?;
                 let g = loss.backward()?;

@@ -210,3 +210,29 @@ fn sharded_checkpoints_load_like_single_files() {
         .to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }
+
+/// GPT-2's own dropout (0.1 in its config) acts while training, as in
+/// PyTorch's training mode, reproducibly under a seed; never when
+/// evaluating, and not when switched off.
+#[test]
+fn model_dropout_acts_only_while_training() {
+    use flow_train::lora::Dropout;
+    use flow_train::model::Batch;
+    let dev = Device::Cpu;
+    let model = hf::load_model(&fixture("gpt2"), &dev, DType::F32).unwrap();
+    let batch = Batch::new(&common::seqs(4, 96, 1), 0, &dev).unwrap();
+    let loss = |d: Option<&mut Dropout>| -> f32 {
+        model
+            .loss_sum(&batch, None, d)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let eval = loss(None);
+    let off = loss(Some(&mut Dropout::new(0.0, false, 5)));
+    let on = loss(Some(&mut Dropout::new(0.0, true, 5)));
+    let again = loss(Some(&mut Dropout::new(0.0, true, 5)));
+    assert_eq!(eval, off);
+    assert_ne!(eval, on);
+    assert_eq!(on, again);
+}
