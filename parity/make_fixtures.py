@@ -125,5 +125,35 @@ def main():
         print(name, "base logits[0,0,:3]", base[0, 0, :3].tolist())
 
 
+def mpnet():
+    """A tiny random MPNet (the architecture of all-mpnet-base-v2) for
+    `stages/src/embed/tests.rs`: hidden states of a padded batch."""
+    from transformers import MPNetConfig, MPNetModel
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "stages", "src", "embed", "mpnet-fixture")
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(0)
+    model = MPNetModel(MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=48, max_position_embeddings=160), add_pooling_layer=False)
+    model.eval()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        # Relative-position bias made large enough to matter.
+        model.encoder.relative_attention_bias.weight.mul_(20)
+    model.save_pretrained(d, safe_serialization=True)
+    ids = torch.randint(3, VOCAB, (2, 140), generator=gen)
+    mask = torch.ones_like(ids)
+    ids[1, 100:] = 1  # padding (pad_token_id 1)
+    mask[1, 100:] = 0
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump({"ids": ids.tolist(), "mask": mask.tolist(), "hidden": hidden.flatten().tolist()}, f)
+    print("mpnet hidden[0,0,:3]", hidden[0, 0, :3].tolist())
+
+
 if __name__ == "__main__":
     main()
+    mpnet()

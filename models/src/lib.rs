@@ -241,6 +241,18 @@ pub const KNOWN: &[Known] = &[
         blake3: Some("8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a"),
         local_names: &["model.safetensors"],
     },
+    Known {
+        name: "all-mpnet-base-v2",
+        format: Format::Safetensors,
+        arch: "mpnet",
+        hub: Some((
+            "sentence-transformers/all-mpnet-base-v2",
+            "model.safetensors",
+        )),
+        package: None,
+        blake3: None,
+        local_names: &["model.safetensors"],
+    },
 ];
 
 /// The known entries for a short name (case-insensitive), best format first.

@@ -12,8 +12,9 @@
 //! entry of `ids.json`), `ids.json` (`[{"id", "task", "origin"}]`) and the
 //! metrics `n`, `dim`, `model`, `truncated`, `mean_tokens`.
 //!
-//! Only BERT encoders run (`model_type = "bert"` in `config.json`); naming
-//! another architecture (all-mpnet-base-v2 is `mpnet`) is a clear error.
+//! BERT encoders (`model_type = "bert"`: all-MiniLM-L6-v2) and MPNet
+//! encoders (`"mpnet"`: all-mpnet-base-v2, the paper's choice) run; another
+//! architecture is a clear error.
 
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +22,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+
+mod mpnet;
 use flow_engine::{CancelToken, Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +49,8 @@ impl Stage for Embed {
     }
 
     fn about(&self) -> &'static str {
-        "Sentence embeddings (BERT encoder, mean pooling, L2 norm; all-MiniLM-L6-v2 by default) \
+        "Sentence embeddings (BERT or MPNet encoder, mean pooling, L2 norm; all-MiniLM-L6-v2 by \
+         default, all-mpnet-base-v2 as in the paper) \
          of `input + \" \" + target` for a seeded sample of a dataset (embeddings.npy, ids.json)"
     }
 
@@ -55,7 +59,7 @@ impl Stage for Embed {
             ParamSpec::input("data", "stage whose examples are embedded").required(),
             ParamSpec::model(
                 "model",
-                "a `[models.*]` entry or known name of a BERT sentence encoder",
+                "a `[models.*]` entry or known name of a BERT or MPNet sentence encoder",
             )
             .default(DEFAULT_MODEL),
             ParamSpec::int(
@@ -171,9 +175,44 @@ pub struct Row {
     pub origin: String,
 }
 
-/// A BERT sentence encoder with its tokenizer.
+/// The encoders `embed` runs.
+enum Network {
+    Bert(BertModel),
+    MpNet(mpnet::MpNet),
+}
+
+/// What `config.json` says, per architecture.
+#[derive(Debug)]
+enum NetworkConfig {
+    Bert(Config),
+    MpNet(mpnet::Config),
+}
+
+impl NetworkConfig {
+    fn max_positions(&self) -> usize {
+        match self {
+            NetworkConfig::Bert(c) => c.max_position_embeddings,
+            // Positions start after the padding index (RoBERTa's convention).
+            NetworkConfig::MpNet(c) => c.max_position_embeddings - c.pad_token_id - 1,
+        }
+    }
+    fn pad_id(&self) -> usize {
+        match self {
+            NetworkConfig::Bert(c) => c.pad_token_id,
+            NetworkConfig::MpNet(c) => c.pad_token_id,
+        }
+    }
+    fn dim(&self) -> usize {
+        match self {
+            NetworkConfig::Bert(c) => c.hidden_size,
+            NetworkConfig::MpNet(c) => c.hidden_size,
+        }
+    }
+}
+
+/// A sentence encoder with its tokenizer.
 pub struct Encoder {
-    model: BertModel,
+    model: Network,
     tokenizer: tokenizers::Tokenizer,
     pad_id: u32,
     max_len: usize,
@@ -210,22 +249,26 @@ impl Encoder {
             )));
         }
         let config = read_config(name, &resolved.weights.with_file_name("config.json"))?;
-        if max_len > config.max_position_embeddings {
+        if max_len > config.max_positions() {
             return Err(StageError::invalid(format!(
                 "max_seq_len {max_len} is more than model `{name}` has positions for ({})",
-                config.max_position_embeddings
+                config.max_positions()
             )));
         }
         let bytes = std::fs::read(&resolved.weights)
             .map_err(|e| StageError::io(format!("read {}", resolved.weights.display()), e))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| StageError::invalid(format!("model `{name}`: weights: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| {
+        let bad = |e: candle_core::Error| {
             StageError::invalid(format!(
-                "model `{name}`: {} is not a BERT model's weights: {e}",
+                "model `{name}`: {} does not hold the weights its config.json describes: {e}",
                 resolved.weights.display()
             ))
-        })?;
+        };
+        let model = match &config {
+            NetworkConfig::Bert(c) => Network::Bert(BertModel::load(vb, c).map_err(bad)?),
+            NetworkConfig::MpNet(c) => Network::MpNet(mpnet::MpNet::load(vb, c).map_err(bad)?),
+        };
         let mut tokenizer = flow_models::load_tokenizer(resolved)
             .map_err(|e| StageError::invalid(format!("model `{name}`: {e}")))?;
         // tokenizer.json ships with truncation at 128 and fixed padding;
@@ -241,9 +284,9 @@ impl Encoder {
         Ok(Encoder {
             model,
             tokenizer,
-            pad_id: config.pad_token_id as u32,
+            pad_id: config.pad_id() as u32,
             max_len,
-            dim: config.hidden_size,
+            dim: config.dim(),
             device: device.clone(),
         })
     }
@@ -302,8 +345,13 @@ impl Encoder {
         let e = candle_err("embed");
         let ids = Tensor::from_vec(ids, (b, t), &self.device).map_err(&e)?;
         let mask = Tensor::from_vec(mask, (b, t), &self.device).map_err(&e)?;
-        let types = ids.zeros_like().map_err(&e)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(&e)?;
+        let hidden = match &self.model {
+            Network::Bert(m) => {
+                let types = ids.zeros_like().map_err(&e)?;
+                m.forward(&ids, &types, Some(&mask)).map_err(&e)?
+            }
+            Network::MpNet(m) => m.forward(&ids, &mask).map_err(&e)?,
+        };
         // sentence-transformers Pooling(mean): sum over unmasked tokens / max(count, 1e-9).
         let m = mask.unsqueeze(2).map_err(&e)?;
         let summed = hidden
@@ -328,7 +376,7 @@ impl Encoder {
 }
 
 /// Reads `config.json` and refuses architectures this stage cannot run.
-fn read_config(name: &str, path: &Path) -> Result<Config, StageError> {
+fn read_config(name: &str, path: &Path) -> Result<NetworkConfig, StageError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         StageError::invalid(format!(
             "model `{name}`: cannot read {} (the encoder's config, expected beside the \
@@ -338,17 +386,26 @@ fn read_config(name: &str, path: &Path) -> Result<Config, StageError> {
     })?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| StageError::invalid(format!("{}: {e}", path.display())))?;
-    let model_type = json["model_type"].as_str().unwrap_or("");
-    if model_type != "bert" {
-        return Err(StageError::invalid(format!(
-            "model `{name}` is a `{model_type}` model ({}); `embed` runs BERT encoders only, \
-             such as `{DEFAULT_MODEL}` (all-mpnet-base-v2 is an MPNet model and is not \
-             supported yet)",
+    let model_type = json["model_type"].as_str().unwrap_or("").to_string();
+    let bad = |e: serde_json::Error| {
+        StageError::invalid(format!(
+            "{}: not a {model_type} config: {e}",
             path.display()
-        )));
+        ))
+    };
+    match model_type.as_str() {
+        "bert" => Ok(NetworkConfig::Bert(
+            serde_json::from_value(json).map_err(bad)?,
+        )),
+        "mpnet" => Ok(NetworkConfig::MpNet(
+            serde_json::from_value(json).map_err(bad)?,
+        )),
+        _ => Err(StageError::invalid(format!(
+            "model `{name}` is a `{model_type}` model ({}); `embed` runs BERT and MPNet \
+             encoders, such as `{DEFAULT_MODEL}` or all-mpnet-base-v2",
+            path.display()
+        ))),
     }
-    serde_json::from_value(json)
-        .map_err(|e| StageError::invalid(format!("{}: not a BERT config: {e}", path.display())))
 }
 
 /// Writes a float32 matrix as a `.npy` file (format 1.0, C order), which

@@ -183,12 +183,12 @@ fn unsupported_architecture_is_a_clear_error() {
     let path = dir.path().join("config.json");
     std::fs::write(
         &path,
-        r#"{"model_type": "mpnet", "architectures": ["MPNetForMaskedLM"], "hidden_size": 768}"#,
+        r#"{"model_type": "t5", "architectures": ["T5EncoderModel"], "d_model": 768}"#,
     )
     .unwrap();
-    let err = read_config("mpnet", &path).unwrap_err().to_string();
-    assert!(err.contains("`mpnet` model"), "{err}");
-    assert!(err.contains("BERT encoders only"), "{err}");
+    let err = read_config("t5", &path).unwrap_err().to_string();
+    assert!(err.contains("`t5` model"), "{err}");
+    assert!(err.contains("BERT and MPNet"), "{err}");
     let missing = read_config("x", &dir.path().join("nope.json"))
         .unwrap_err()
         .to_string();
@@ -219,5 +219,48 @@ fn throughput() {
         refs.len() as f64 / secs,
         rayon::current_num_threads(),
         out.tokens as f64 / refs.len() as f64
+    );
+}
+
+/// The MPNet encoder against transformers' `MPNetModel` on a tiny random
+/// checkpoint (`parity/make_fixtures.py`): a batch of two 140-token
+/// sequences, one padded from position 100, so the relative-position
+/// buckets, the position ids after padding and the key mask all count.
+#[test]
+fn mpnet_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/embed/mpnet-fixture");
+    let config = match read_config("mpnet", &dir.join("config.json")).unwrap() {
+        NetworkConfig::MpNet(c) => c,
+        NetworkConfig::Bert(_) => panic!("read as BERT"),
+    };
+    let dev = Device::Cpu;
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)
+    }
+    .unwrap();
+    let model = mpnet::MpNet::load(vb, &config).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let rows: Vec<Vec<u32>> = serde_json::from_value(j["ids"].clone()).unwrap();
+    let mask: Vec<Vec<f32>> = serde_json::from_value(j["mask"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(j["hidden"].clone()).unwrap();
+    let (b, t) = (rows.len(), rows[0].len());
+    let ids = Tensor::from_vec(rows.concat(), (b, t), &dev).unwrap();
+    let mask = Tensor::from_vec(mask.concat(), (b, t), &dev).unwrap();
+    let got: Vec<f32> = model
+        .forward(&ids, &mask)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff < 1e-4,
+        "hidden states differ from transformers by {diff}"
     );
 }
