@@ -165,7 +165,20 @@ impl CpuLlama {
                 down: matrix(&get("ffn_down")?)?,
             });
         }
-        let (cos, sin) = rope_tables(&cfg);
+        // Llama 3.1+ scale RoPE per frequency; llama.cpp stores the divisors here.
+        let factors = match content.tensor_infos.contains_key("rope_freqs.weight") {
+            true => Some(vector(&tensor(content, file, "rope_freqs.weight")?)?),
+            false => None,
+        };
+        if factors
+            .as_ref()
+            .is_some_and(|f| f.len() != cfg.rope_dim / 2)
+        {
+            return Err(GenError::Other(
+                "GGUF: rope_freqs.weight does not have one factor per rotated pair".into(),
+            ));
+        }
+        let (cos, sin) = rope_tables(&cfg, factors.as_deref());
         let model = CpuLlama {
             cfg,
             embed,
@@ -417,11 +430,16 @@ fn vector(t: &QTensor) -> Result<Vec<f32>> {
         .map_err(cerr)
 }
 
-fn rope_tables(c: &Config) -> (Vec<f32>, Vec<f32>) {
+/// cos/sin of every position's angles; `factors` divide the frequencies
+/// (llama.cpp's `rope_freqs`, Llama 3.1+'s long-context scaling).
+fn rope_tables(c: &Config, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
     let half = c.rope_dim / 2;
     let positions = c.context;
     let freqs: Vec<f64> = (0..half)
-        .map(|i| c.rope_base.powf(-((2 * i) as f64) / c.rope_dim as f64))
+        .map(|i| {
+            let f = c.rope_base.powf(-((2 * i) as f64) / c.rope_dim as f64);
+            f / factors.map_or(1.0, |fs| fs[i] as f64)
+        })
         .collect();
     let mut cos = Vec::with_capacity(positions * half);
     let mut sin = Vec::with_capacity(positions * half);
@@ -448,4 +466,37 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_frequency_factors_divide_the_frequencies() {
+        let c = Config {
+            n_layer: 1,
+            n_embd: 8,
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 8,
+            n_ff: 8,
+            vocab: 8,
+            context: 4,
+            rope_dim: 8,
+            rope_base: 10000.0,
+            eps: 1e-5,
+        };
+        let (plain_cos, _) = rope_tables(&c, None);
+        let (cos, sin) = rope_tables(&c, Some(&[1.0, 2.0, 4.0, 8.0]));
+        // A factor of 1 leaves the first pair as it was; the others turn slower.
+        assert_eq!(cos[4], plain_cos[4]);
+        assert!(cos[5] > plain_cos[5]);
+        // Position 3, pair i: angle 3 * 10000^(-2i/8) / factor_i.
+        for (i, factor) in [1.0f64, 2.0, 4.0, 8.0].iter().enumerate() {
+            let angle = 3.0 * 10000f64.powf(-((2 * i) as f64) / 8.0) / factor;
+            assert!((cos[3 * 4 + i] as f64 - angle.cos()).abs() < 1e-6);
+            assert!((sin[3 * 4 + i] as f64 - angle.sin()).abs() < 1e-6);
+        }
+    }
 }
