@@ -6,7 +6,7 @@
 //! processed in one forward pass, then greedy generation token by token (EOS ignored).
 //! Threads: all cores (RAYON_NUM_THREADS to change). `FLOW_BENCH_CANDLE=1` runs
 //! candle-transformers' quantized llama instead, as the baseline. Then batched decoding:
-//! 4, 8 and 16 sequences one token each per pass.
+//! 4, 8 and 16 sequences one token each per pass (`FLOW_BENCH_SINGLE=1`: one stream only).
 
 use std::time::Instant;
 
@@ -99,8 +99,13 @@ fn main() -> anyhow::Result<()> {
     let tg = t.elapsed().as_secs_f64();
     report("flow", ids.len(), pp, n_gen, tg);
 
-    // Batched decoding: `batch` sequences of the same prompt, one token each per pass.
-    for batch in [4usize, 8, 16] {
+    // Batched decoding: `batch` sequences of the same prompt, one token each per pass
+    // (FLOW_BENCH_SINGLE=1 skips it, for profiles of one stream).
+    let batches: &[usize] = match std::env::var_os("FLOW_BENCH_SINGLE") {
+        Some(_) => &[],
+        None => &[4, 8, 16],
+    };
+    for &batch in batches {
         let mut caches: Vec<Cache> = (0..batch).map(|_| Cache::default()).collect();
         let mut steps: Vec<Step> = caches
             .iter_mut()
