@@ -14,6 +14,7 @@
 //!   weight gradient.
 
 pub mod data;
+pub mod gelu;
 pub mod gguf;
 pub mod gpt2;
 pub mod hf;
