@@ -160,23 +160,22 @@ fn lines<DB: DrawingBackend>(
     let right_range = right.map(|r| padded(ys(&r.series)));
     // Where the legend hides the fewest points, on either axis.
     let unit = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
-    let corner = emptiest_corner(
-        series
+    let scaled = |s: &Series, yr: &Range<f64>| -> Vec<(f64, f64)> {
+        s.points
             .iter()
-            .flat_map(|s| s.points.iter())
-            .map(|&(x, y)| (unit(x, &x_range), unit(y, &y_range)))
-            // A reference line spans the panel: a point in every column.
-            .chain(references.iter().flat_map(|r| {
-                let y = unit(r.y, &y_range);
-                [0.0, 0.25, 0.5, 0.75, 1.0].map(|x| (x, y))
-            }))
-            .chain(right.iter().zip(&right_range).flat_map(|(r, yr)| {
-                r.series
-                    .iter()
-                    .flat_map(|s| s.points.iter())
-                    .map(|&(x, y)| (unit(x, &x_range), unit(y, yr)))
-            })),
-    );
+            .map(|&(x, y)| (unit(x, &x_range), unit(y, yr)))
+            .collect()
+    };
+    let mut drawn: Vec<Vec<(f64, f64)>> = series.iter().map(|s| scaled(s, &y_range)).collect();
+    // A reference line spans the panel.
+    drawn.extend(references.iter().map(|r| {
+        let y = unit(r.y, &y_range);
+        vec![(0.0, y), (1.0, y)]
+    }));
+    for (r, yr) in right.iter().zip(&right_range) {
+        drawn.extend(r.series.iter().map(|s| scaled(s, yr)));
+    }
+    let corner = emptiest_corner(&drawn);
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(&panel.title, (FONT, 20))
@@ -234,13 +233,38 @@ fn lines<DB: DrawingBackend>(
     legend(&mut dual, corner)
 }
 
-/// The corner of the plot (points in unit coordinates) whose quarter holds
-/// the fewest points; the upper right on a tie.
-fn emptiest_corner(points: impl Iterator<Item = (f64, f64)>) -> SeriesLabelPosition {
+/// The corner of the plot (unit coordinates) where a legend box would
+/// cover the least of the drawing: `lines` are sampled along their
+/// segments, so a line crossing a corner counts as well as its markers.
+/// The upper right on a tie.
+fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> SeriesLabelPosition {
+    // About the box a two- or three-entry legend takes.
+    const W: f64 = 0.4;
+    const H: f64 = 0.25;
     let mut counts = [0usize; 4];
-    for (x, y) in points {
-        let (right, upper) = (x > 0.5, y > 0.5);
-        counts[usize::from(right) + 2 * usize::from(upper)] += 1;
+    let mut count = |(x, y): (f64, f64)| {
+        let (left, right) = (x < W, x > 1.0 - W);
+        let (lower, upper) = (y < H, y > 1.0 - H);
+        for (i, inside) in [
+            (3, right && upper),
+            (2, left && upper),
+            (1, right && lower),
+            (0, left && lower),
+        ] {
+            counts[i] += usize::from(inside);
+        }
+    };
+    for line in lines {
+        if let [only] = line.as_slice() {
+            count(*only);
+        }
+        for pair in line.windows(2) {
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            for k in 0..=16 {
+                let t = k as f64 / 16.0;
+                count((x0 + t * (x1 - x0), y0 + t * (y1 - y0)));
+            }
+        }
     }
     use SeriesLabelPosition::*;
     [
@@ -419,14 +443,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_legend_goes_where_the_fewest_points_are() {
-        let pos = |pts: &[(f64, f64)]| format!("{:?}", emptiest_corner(pts.iter().copied()));
-        // Lines falling from the upper left: the upper right is empty.
-        assert_eq!(pos(&[(0.0, 0.9), (0.5, 0.5), (1.0, 0.1)]), "UpperRight");
-        // Points across the top: a lower corner.
-        assert_eq!(pos(&[(0.1, 0.9), (0.9, 0.9), (0.2, 0.2)]), "LowerRight");
+    fn the_legend_goes_where_the_least_is_drawn() {
+        let pos = |lines: &[&[(f64, f64)]]| {
+            let lines: Vec<Vec<(f64, f64)>> = lines.iter().map(|l| l.to_vec()).collect();
+            format!("{:?}", emptiest_corner(&lines))
+        };
+        // A line falling from the upper left: the upper right is empty.
+        assert_eq!(pos(&[&[(0.0, 0.9), (0.5, 0.5), (1.0, 0.1)]]), "UpperRight");
+        // A line across the top: a lower corner.
+        assert_eq!(
+            pos(&[&[(0.1, 0.9), (0.9, 0.9)], &[(0.2, 0.2)]]),
+            "LowerRight"
+        );
         // Only the upper right is taken.
-        assert_eq!(pos(&[(0.9, 0.9), (0.8, 0.7)]), "UpperLeft");
+        assert_eq!(pos(&[&[(0.9, 0.9), (0.8, 0.8)]]), "UpperLeft");
+        // Two lines crossing (fig. 5's loss rising, diversity falling): every
+        // corner holds an end point; the lower right, where the falling line
+        // only passes its last stretch, is covered least.
+        assert_eq!(
+            pos(&[
+                &[(0.0, 0.0), (0.1, 0.05), (0.5, 0.45), (1.0, 1.0)],
+                &[(0.0, 1.0), (0.1, 1.0), (0.5, 0.85), (1.0, 0.0)],
+            ]),
+            "LowerRight"
+        );
         assert_eq!(pos(&[]), "UpperRight");
     }
 }

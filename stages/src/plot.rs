@@ -43,8 +43,9 @@ impl Stage for Plot {
 
     fn version(&self) -> u32 {
         // 3: the legend goes to the emptiest corner; a right-axis series
-        // matching a left one takes its colour.
-        3
+        // matching a left one takes its colour. 4: lines, not only their
+        // markers, count in the corner choice.
+        4
     }
 
     fn about(&self) -> &'static str {
