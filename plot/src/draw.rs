@@ -156,8 +156,8 @@ fn lines<DB: DrawingBackend>(
         Some(t) => -0.5..(t.len().max(1) as f64 - 0.5),
         None => padded(xs(series).chain(right.into_iter().flat_map(|r| xs(&r.series)))),
     };
-    let y_range = padded(ys(series).chain(references.iter().map(|r| r.y)));
-    let right_range = right.map(|r| padded(ys(&r.series)));
+    let mut y_range = padded(ys(series).chain(references.iter().map(|r| r.y)));
+    let mut right_range = right.map(|r| padded(ys(&r.series)));
     // Where the legend hides the fewest points, on either axis.
     let unit = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
     let scaled = |s: &Series, yr: &Range<f64>| -> Vec<(f64, f64)> {
@@ -175,7 +175,14 @@ fn lines<DB: DrawingBackend>(
     for (r, yr) in right.iter().zip(&right_range) {
         drawn.extend(r.series.iter().map(|s| scaled(s, yr)));
     }
-    let corner = emptiest_corner(&drawn);
+    let (mut corner, covered) = emptiest_corner(&drawn);
+    if covered > 0 {
+        // Every corner has something drawn in it: make room above the data.
+        let headroom = |r: &mut Range<f64>| r.end += HEADROOM * (r.end - r.start);
+        headroom(&mut y_range);
+        right_range.iter_mut().for_each(headroom);
+        corner = SeriesLabelPosition::UpperRight;
+    }
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(&panel.title, (FONT, 20))
@@ -233,11 +240,15 @@ fn lines<DB: DrawingBackend>(
     legend(&mut dual, corner)
 }
 
+/// Extra height, as a share of the data's, above the data when no corner
+/// is free for the legend.
+const HEADROOM: f64 = 0.45;
+
 /// The corner of the plot (unit coordinates) where a legend box would
-/// cover the least of the drawing: `lines` are sampled along their
-/// segments, so a line crossing a corner counts as well as its markers.
-/// The upper right on a tie.
-fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> SeriesLabelPosition {
+/// cover the least of the drawing, and how many samples it would cover:
+/// `lines` are sampled along their segments, so a line crossing a corner
+/// counts as well as its markers. The upper right on a tie.
+fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> (SeriesLabelPosition, usize) {
     // About the box a two- or three-entry legend takes.
     const W: f64 = 0.4;
     const H: f64 = 0.25;
@@ -275,8 +286,8 @@ fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> SeriesLabelPosition {
     ]
     .into_iter()
     .min_by_key(|(i, _)| counts[*i])
-    .map(|(_, p)| p)
-    .unwrap_or(UpperRight)
+    .map(|(i, p)| (p, counts[i]))
+    .unwrap_or((UpperRight, 0))
 }
 
 /// Mesh, left-axis series and reference lines.
@@ -446,27 +457,29 @@ mod tests {
     fn the_legend_goes_where_the_least_is_drawn() {
         let pos = |lines: &[&[(f64, f64)]]| {
             let lines: Vec<Vec<(f64, f64)>> = lines.iter().map(|l| l.to_vec()).collect();
-            format!("{:?}", emptiest_corner(&lines))
+            let (corner, covered) = emptiest_corner(&lines);
+            format!("{corner:?} {covered}")
         };
         // A line falling from the upper left: the upper right is empty.
-        assert_eq!(pos(&[&[(0.0, 0.9), (0.5, 0.5), (1.0, 0.1)]]), "UpperRight");
+        assert_eq!(
+            pos(&[&[(0.0, 0.9), (0.5, 0.5), (1.0, 0.1)]]),
+            "UpperRight 0"
+        );
         // A line across the top: a lower corner.
         assert_eq!(
             pos(&[&[(0.1, 0.9), (0.9, 0.9)], &[(0.2, 0.2)]]),
-            "LowerRight"
+            "LowerRight 0"
         );
         // Only the upper right is taken.
-        assert_eq!(pos(&[&[(0.9, 0.9), (0.8, 0.8)]]), "UpperLeft");
+        assert_eq!(pos(&[&[(0.9, 0.9), (0.8, 0.8)]]), "UpperLeft 0");
         // Two lines crossing (fig. 5's loss rising, diversity falling): every
-        // corner holds an end point; the lower right, where the falling line
-        // only passes its last stretch, is covered least.
-        assert_eq!(
-            pos(&[
-                &[(0.0, 0.0), (0.1, 0.05), (0.5, 0.45), (1.0, 1.0)],
-                &[(0.0, 1.0), (0.1, 1.0), (0.5, 0.85), (1.0, 0.0)],
-            ]),
-            "LowerRight"
-        );
-        assert_eq!(pos(&[]), "UpperRight");
+        // corner holds an end point, so none is free (the caller then makes
+        // room above the data).
+        let crossing = pos(&[
+            &[(0.0, 0.0), (0.1, 0.05), (0.5, 0.45), (1.0, 1.0)],
+            &[(0.0, 1.0), (0.1, 1.0), (0.5, 0.85), (1.0, 0.0)],
+        ]);
+        assert!(!crossing.ends_with(" 0"), "{crossing}");
+        assert_eq!(pos(&[]), "UpperRight 0");
     }
 }

@@ -44,7 +44,8 @@ impl Stage for Plot {
     fn version(&self) -> u32 {
         // 3: the legend goes to the emptiest corner; a right-axis series
         // matching a left one takes its colour. 4: lines, not only their
-        // markers, count in the corner choice.
+        // markers, count in the corner choice; room is made above the data
+        // when no corner is free.
         4
     }
 
