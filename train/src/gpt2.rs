@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
-use crate::model::CausalLm;
+use crate::model::{check_positions, CausalLm};
 use crate::ops::{self, Affine, Norm};
 use crate::weights::Weights;
 
@@ -199,19 +199,8 @@ impl CausalLm for Gpt2 {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
         let d = cfg.n_embd;
-        if t > cfg.n_positions {
-            bail!(
-                "sequence of {t} tokens is longer than GPT-2's {} positions (lower max_seq_len)",
-                cfg.n_positions
-            );
-        }
-        let heads = ops::Heads {
-            batch: b,
-            len: t,
-            heads: cfg.n_head,
-            kv_heads: cfg.n_head,
-            head_dim: d / cfg.n_head,
-        };
+        check_positions(t, cfg.n_positions, "GPT-2")?;
+        let heads = ops::Heads::multi_head(b, t, cfg.n_head, d);
         let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
         let dr = &mut train;
         let tok = self.wte.index_select(&ids.flatten_all()?, 0)?;

@@ -37,12 +37,18 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// The safetensors files of the checkpoint in `dir` (empty when it has only
-/// PyTorch's pickle).
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Where a checkpoint's tensors are.
+enum WeightFiles {
+    /// One file, or the shards an index lists.
+    Safetensors(Vec<PathBuf>),
+    Pickle(PathBuf),
+}
+
+/// The weight files of the checkpoint in `dir`.
+fn weight_files(dir: &Path) -> Result<WeightFiles> {
     let single = dir.join(SINGLE);
     if single.is_file() {
-        return Ok(vec![single]);
+        return Ok(WeightFiles::Safetensors(vec![single]));
     }
     let index = dir.join(INDEX);
     if index.is_file() {
@@ -64,23 +70,25 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 missing.display()
             );
         }
-        return Ok(files);
+        return Ok(WeightFiles::Safetensors(files));
     }
-    if dir.join(PICKLE).is_file() {
-        return Ok(Vec::new());
+    let pickle = dir.join(PICKLE);
+    if pickle.is_file() {
+        return Ok(WeightFiles::Pickle(pickle));
     }
     bail!("{} has none of {SINGLE}, {INDEX}, {PICKLE}", dir.display())
 }
 
 /// Every tensor of the checkpoint, in its stored dtype, on the CPU.
 fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let files = weight_files(dir)?;
-    if files.is_empty() {
-        let pickle = dir.join(PICKLE);
-        let tensors = candle_core::pickle::read_all(&pickle)
-            .with_context(|| format!("cannot read the PyTorch weights {}", pickle.display()))?;
-        return Ok(tensors.into_iter().collect());
-    }
+    let files = match weight_files(dir)? {
+        WeightFiles::Safetensors(files) => files,
+        WeightFiles::Pickle(pickle) => {
+            let tensors = candle_core::pickle::read_all(&pickle)
+                .with_context(|| format!("cannot read the PyTorch weights {}", pickle.display()))?;
+            return Ok(tensors.into_iter().collect());
+        }
+    };
     // Safety: the files are only read; a concurrent writer would be a user error,
     // as for every tool that maps checkpoints (transformers, candle).
     let st = unsafe { MmapedSafetensors::multi(&files) }

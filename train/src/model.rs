@@ -100,6 +100,17 @@ impl Batch {
     }
 }
 
+/// An error when `len` tokens exceed a model's learned `positions`.
+pub fn check_positions(len: usize, positions: usize, arch: &str) -> Result<()> {
+    if len > positions {
+        anyhow::bail!(
+            "sequence of {len} tokens is longer than {arch}'s {positions} positions (lower \
+             max_seq_len)"
+        );
+    }
+    Ok(())
+}
+
 /// Reads a scalar tensor as f64 on the CPU.
 pub fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?

@@ -128,6 +128,20 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+impl Heads {
+    /// Plain multi-head attention (every query head has its own k and v)
+    /// over a model `width` wide.
+    pub fn multi_head(batch: usize, len: usize, heads: usize, width: usize) -> Self {
+        Heads {
+            batch,
+            len,
+            heads,
+            kv_heads: heads,
+            head_dim: width / heads,
+        }
+    }
+}
+
 /// Causal self-attention of right-padded sequences: `q` (B*T, H*D), `k` and
 /// `v` (B*T, KV*D), rotary tables when the model uses RoPE, `mask` from
 /// [`causal_mask`] with `H / KV` groups, and the probabilities' dropout

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 
 use crate::gpt2::Activation;
 use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
-use crate::model::CausalLm;
+use crate::model::{check_positions, CausalLm};
 use crate::ops::{self, Affine, Norm};
 use crate::weights::Weights;
 
@@ -222,19 +222,8 @@ impl CausalLm for Opt {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
         let d = cfg.hidden_size;
-        if t > cfg.max_position_embeddings {
-            bail!(
-                "sequence of {t} tokens is longer than OPT's {} positions (lower max_seq_len)",
-                cfg.max_position_embeddings
-            );
-        }
-        let heads = ops::Heads {
-            batch: b,
-            len: t,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_attention_heads,
-            head_dim: d / cfg.num_attention_heads,
-        };
+        check_positions(t, cfg.max_position_embeddings, "OPT")?;
+        let heads = ops::Heads::multi_head(b, t, cfg.num_attention_heads, d);
         let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
         let dr = &mut train;
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;

@@ -44,14 +44,18 @@ fn expected(name: &str) -> Expected {
     }
 }
 
-fn max_abs_diff(model: &dyn CausalLm, ids: &Tensor, lora: Option<&Lora>, want: &[f32]) -> f32 {
-    let got: Vec<f32> = model
+fn logits(model: &dyn CausalLm, ids: &Tensor, lora: Option<&Lora>) -> Vec<f32> {
+    model
         .logits(ids, lora)
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
-        .unwrap();
+        .unwrap()
+}
+
+fn max_abs_diff(model: &dyn CausalLm, ids: &Tensor, lora: Option<&Lora>, want: &[f32]) -> f32 {
+    let got = logits(model, ids, lora);
     assert_eq!(got.len(), want.len());
     got.iter()
         .zip(want)
@@ -186,21 +190,10 @@ fn sharded_checkpoints_load_like_single_files() {
     let e = expected("llama");
     let single = hf::load_model(&src, &dev, DType::F32).unwrap();
     let sharded = hf::load_model(dir.path(), &dev, DType::F32).unwrap();
-    let a: Vec<f32> = single
-        .logits(&e.ids, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = sharded
-        .logits(&e.ids, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(a, b);
+    assert_eq!(
+        logits(single.as_ref(), &e.ids, None),
+        logits(sharded.as_ref(), &e.ids, None)
+    );
 
     // A shard the index names but that is missing is an error naming it.
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
