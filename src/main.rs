@@ -9,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    flow_train::limit_idle_spinning();
     let cli = cli::Cli::parse();
     init_logging();
     match commands::dispatch(cli) {

@@ -51,6 +51,7 @@ impl Monitor for Print {
 }
 
 fn main() -> Result<()> {
+    flow_train::limit_idle_spinning();
     let args: Vec<String> = std::env::args().collect();
     let weights: PathBuf = arg(&args, "--gguf", None).or_else(|_| arg(&args, "--hf", None))?;
     let stories: PathBuf = arg(&args, "--stories", None)?;

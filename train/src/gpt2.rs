@@ -116,7 +116,7 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::GeluTanh => crate::gelu::gelu_tanh(x),
+            Activation::GeluTanh => crate::fused::gelu::gelu_tanh(x),
             Activation::GeluErf => x.gelu_erf(),
             Activation::Relu => x.relu(),
         }
@@ -201,7 +201,6 @@ impl CausalLm for Gpt2 {
         let d = cfg.n_embd;
         check_positions(t, cfg.n_positions, "GPT-2")?;
         let heads = ops::Heads::multi_head(b, t, cfg.n_head, d);
-        let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
         let dr = &mut train;
         let tok = self.wte.index_select(&ids.flatten_all()?, 0)?;
         let pos = self.wpe.narrow(0, 0, t)?;
@@ -218,7 +217,7 @@ impl CausalLm for Gpt2 {
                 qkv.narrow(1, d, d)?,
                 qkv.narrow(1, 2 * d, d)?,
             );
-            let o = ops::causal_attention(&q, &k, &v, heads, None, &mask, (cfg.attn_pdrop, dr))?;
+            let o = ops::causal_attention(&q, &k, &v, heads, None, (cfg.attn_pdrop, dr))?;
             let attn = adapt(lora, li, "attn.c_proj", &o, blk.attn_proj.forward(&o)?, dr)?;
             x = (x + model_dropout(attn, cfg.resid_pdrop, dr)?)?;
 

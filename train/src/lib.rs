@@ -11,10 +11,10 @@
 //! - [`trainer`]: AdamW training loop, checkpoints, evaluation, PEFT format.
 //! - [`ops`]: differentiable RMSNorm, LayerNorm, RoPE, softmax, attention,
 //!   cross-entropy and a frozen-weight linear whose backward skips the
-//!   weight gradient.
+//!   weight gradient; on the CPU the row-wise ones run as [`fused`] kernels.
 
 pub mod data;
-pub mod gelu;
+pub mod fused;
 pub mod gguf;
 pub mod gpt2;
 pub mod hf;
@@ -32,6 +32,20 @@ use std::path::Path;
 pub use candle_core::Device;
 pub use model::CausalLm;
 pub use tokenizer::Tokenizer;
+
+/// Makes candle's idle elementwise workers sleep after 100 spins instead
+/// of 25 000. candle runs elementwise ops on its own thread pool beside
+/// rayon's (which runs the matmuls); on a machine with few cores its
+/// spinning workers took the cores the matmuls needed (8% of a training
+/// step's samples were spin-waits on 2 cores). An explicit
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is kept. Call at startup, before
+/// other threads exist (it sets an environment variable).
+pub fn limit_idle_spinning() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, "100");
+    }
+}
 
 /// The device to run on: CUDA when built with the `cuda` feature and a GPU
 /// is present, else the CPU.

@@ -353,8 +353,6 @@ impl CausalLm for Llama {
             &self.device,
         )?;
         let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
-        let groups = heads.heads / heads.kv_heads;
-        let mask = ops::causal_mask(groups, t, &self.device)?.to_dtype(dt)?;
         let dr = &mut train;
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (n, d)
@@ -377,7 +375,6 @@ impl CausalLm for Llama {
                 &v,
                 heads,
                 Some((&cos, &sin)),
-                &mask,
                 (cfg.attention_dropout, dr),
             )?;
             let attn = ops::frozen_linear(&o, &layer.o_proj)?;
@@ -387,7 +384,7 @@ impl CausalLm for Llama {
             let gu = ops::frozen_linear(&h, &layer.gate_up)?;
             let gate = adapt(lora, li, "mlp.gate_proj", &h, gu.narrow(1, 0, ff)?, dr)?;
             let up = adapt(lora, li, "mlp.up_proj", &h, gu.narrow(1, ff, ff)?, dr)?;
-            let act = (gate.silu()? * up)?;
+            let act = ops::swiglu(&gate, &up)?;
             let down = ops::frozen_linear(&act, &layer.down_proj)?;
             x = (x + adapt(lora, li, "mlp.down_proj", &act, down, dr)?)?;
         }

@@ -2,15 +2,18 @@
 //!
 //! candle's fused `rms_norm`, `layer_norm`, `rope*` and `softmax_last_dim`
 //! have no backward pass (candle issues 2168, 2977, 3568, 3569): gradients
-//! through them are silently dropped. Everything here is written with
-//! primitives that do have one, plus [`frozen_linear`], a matmul against a
-//! frozen weight whose backward computes only the input gradient (candle's
-//! own matmul backward always computes the weight gradient too, which for a
+//! through them are silently dropped. On the CPU the norms, RoPE, the
+//! attention softmax and SwiGLU run as our own fused kernels with their
+//! backward ([`crate::fused`]); elsewhere they are composed here from
+//! primitives that have one. [`frozen_linear`] is a matmul against a frozen
+//! weight whose backward computes only the input gradient (candle's own
+//! matmul backward always computes the weight gradient too, which for a
 //! frozen base model is half the backward work thrown away).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
+use crate::fused;
 use crate::lora::{model_dropout, Dropout};
 
 /// `x @ w^T` for a frozen `w` (out, in): gradients flow to `x` only.
@@ -75,22 +78,81 @@ impl CustomOp2 for FrozenGrad {
     }
 }
 
-/// RMSNorm as in Hugging Face's `LlamaRMSNorm` (f32): `x / sqrt(mean(x^2) + eps) * w`.
+/// RMSNorm as in Hugging Face's `LlamaRMSNorm` (f32): `x / sqrt(mean(x^2) + eps) * w`,
+/// `w` frozen.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    if x.device().is_cpu() {
+        return fused::norm::rms_norm(x, w, eps);
+    }
+    composed::rms_norm(x, w, eps)
 }
 
-/// LayerNorm as torch's `nn.LayerNorm` (biased variance): `(x - mean) / sqrt(var + eps) * w + b`.
+/// LayerNorm as torch's `nn.LayerNorm` (biased variance): `(x - mean) / sqrt(var + eps) * w + b`,
+/// `w` and `b` frozen.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (var + eps)?.sqrt()?.recip()?;
-    centred
-        .broadcast_mul(&inv)?
-        .broadcast_mul(w)?
-        .broadcast_add(b)
+    if x.device().is_cpu() {
+        return fused::norm::layer_norm(x, w, b, eps);
+    }
+    composed::layer_norm(x, w, b, eps)
+}
+
+/// `silu(gate) * up`, the llama MLP's activation.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() {
+        return fused::swiglu::swiglu(gate, up);
+    }
+    gate.silu()? * up
+}
+
+/// Rotary embedding in the `rotate_half` layout (Hugging Face llama),
+/// `x` (B, H, T, D), `cos`, `sin` (T, D) from [`rope_tables`].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return fused::rope::rope(x, cos, sin);
+    }
+    composed::rope(x, cos, sin)
+}
+
+/// The same operations from candle's differentiable primitives: for
+/// devices without our kernels, and as the kernels' test references.
+pub mod composed {
+    use candle_core::{Result, Tensor, D};
+
+    /// RMSNorm from primitives.
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (ms + eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&inv)?.broadcast_mul(w)
+    }
+
+    /// LayerNorm from primitives.
+    pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (var + eps)?.sqrt()?.recip()?;
+        centred
+            .broadcast_mul(&inv)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
+    }
+
+    /// RoPE from primitives: `x * cos + rotate_half(x) * sin`.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let half = d / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    }
+
+    /// Softmax over the last dimension, from differentiable primitives.
+    pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        let s = e.sum_keepdim(D::Minus1)?;
+        e.broadcast_div(&s)
+    }
 }
 
 /// A frozen weight (out, in) and its bias.
@@ -143,16 +205,14 @@ impl Heads {
 }
 
 /// Causal self-attention of right-padded sequences: `q` (B*T, H*D), `k` and
-/// `v` (B*T, KV*D), rotary tables when the model uses RoPE, `mask` from
-/// [`causal_mask`] with `H / KV` groups, and the probabilities' dropout
-/// when training. Returns (B*T, H*D).
+/// `v` (B*T, KV*D), rotary tables when the model uses RoPE, and the
+/// probabilities' dropout when training. Returns (B*T, H*D).
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     s: Heads,
     rope_tables: Option<(&Tensor, &Tensor)>,
-    mask: &Tensor,
     probs_dropout: (f64, &mut Option<&mut Dropout>),
 ) -> Result<Tensor> {
     let (b, t, hd) = (s.batch, s.len, s.head_dim);
@@ -169,37 +229,23 @@ pub fn causal_attention(
         q = rope(&q, cos, sin)?;
         k = rope(&k, cos, sin)?;
     }
-    let q = (q * (1.0 / (hd as f64).sqrt()))?;
+    let scale = 1.0 / (hd as f64).sqrt();
     // Grouped-query attention without repeating k and v: the query heads
     // that share a kv head are stacked along the rows.
     let q = q.reshape((b, s.kv_heads, groups * t, hd))?;
-    let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-    let p = softmax_last_dim(&scores)?;
+    let scores = q.matmul(&k.t()?)?;
+    let p = if scores.device().is_cpu() {
+        fused::softmax::causal_softmax(&scores, scale)?
+    } else {
+        let mask = causal_mask(groups, t, scores.device())?.to_dtype(scores.dtype())?;
+        composed::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?
+    };
     let p = model_dropout(p, probs_dropout.0, probs_dropout.1)?;
     p.matmul(&v)? // (b, kv, groups*t, hd)
         .reshape((b, s.heads, t, hd))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((b * t, s.heads * hd))
-}
-
-/// Rotary embedding in the `rotate_half` layout (Hugging Face llama):
-/// `x * cos + rotate_half(x) * sin`, with `x` (B, H, T, D) and `cos`, `sin` (T, D).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let half = d / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
-}
-
-/// Softmax over the last dimension, from differentiable primitives.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
 }
 
 /// Summed cross-entropy of `logits` (N, V) against `labels` (N) u32.

@@ -224,7 +224,6 @@ impl CausalLm for Opt {
         let d = cfg.hidden_size;
         check_positions(t, cfg.max_position_embeddings, "OPT")?;
         let heads = ops::Heads::multi_head(b, t, cfg.num_attention_heads, d);
-        let mask = ops::causal_mask(1, t, &self.device)?.to_dtype(self.dtype())?;
         let dr = &mut train;
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
         if let Some(p) = &self.project_in {
@@ -254,8 +253,7 @@ impl CausalLm for Opt {
                 qkv.narrow(1, 2 * d, d)?,
                 dr,
             )?;
-            let o =
-                ops::causal_attention(&q, &k, &v, heads, None, &mask, (cfg.attention_dropout, dr))?;
+            let o = ops::causal_attention(&q, &k, &v, heads, None, (cfg.attention_dropout, dr))?;
             let attn = adapt(
                 lora,
                 li,

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::{exp_f32, Real};
+
 const K0: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 const K1: f64 = 0.044_715;
 
@@ -21,31 +23,9 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.apply_op1(Gelu)
 }
 
-/// e^x within 5e-7 relative, branch-free (0 below -87, inf above 88).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + 0.5).floor();
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
-}
-
-/// tanh(u) = 1 - 2 / (e^{2u} + 1): exact limits at both ends, no branches.
-#[inline(always)]
-fn tanh(u: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
-}
-
 #[inline(always)]
 fn forward_f32(x: f32) -> f32 {
-    let t = tanh(K0 as f32 * (x + K1 as f32 * x * x * x));
+    let t = Real::tanh(K0 as f32 * (x + K1 as f32 * x * x * x));
     0.5 * x * (1.0 + t)
 }
 
@@ -53,7 +33,7 @@ fn forward_f32(x: f32) -> f32 {
 fn derivative_f32(x: f32) -> f32 {
     let u = K0 as f32 * (x + K1 as f32 * x * x * x);
     // 1 - tanh(u), and 1 - tanh^2 = (1 - t)(1 + t), without cancellation.
-    let s = 2.0 / (exp(2.0 * u) + 1.0);
+    let s = 2.0 / (exp_f32(2.0 * u) + 1.0);
     let sech2 = s * (2.0 - s);
     0.5 * (2.0 - s) + 0.5 * x * sech2 * K0 as f32 * (1.0 + 3.0 * K1 as f32 * x * x)
 }
