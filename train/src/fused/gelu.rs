@@ -109,12 +109,8 @@ impl CustomOp1 for GeluDerivative {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::max_diff;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     #[test]
     fn matches_exact_gelu_and_its_derivative() {

@@ -158,6 +158,14 @@ impl Rows {
     }
 }
 
+/// Rows of two same-shaped inputs.
+pub(crate) fn rows2(l1: &Layout, l2: &Layout, op: &str) -> Result<(Rows, Rows)> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!("{op}: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+    }
+    Ok((Rows::of(l1, op)?, Rows::of(l2, op)?))
+}
+
 /// Matches f32 and f64 storage, binding the slice to `$v` in `$body`
 /// (which returns a `Vec` of the same type).
 macro_rules! by_dtype {
@@ -192,6 +200,32 @@ pub(crate) fn frozen_data<T: Real + candle_core::WithDType>(
 /// Rows processed per parallel task: enough to amortize scheduling.
 pub(crate) fn min_rows(cols: usize) -> usize {
     (4096 / cols.max(1)).max(1)
+}
+
+/// What the kernels' tests share: fused against composed.
+#[cfg(test)]
+pub(crate) mod check {
+    use candle_core::{DType, Tensor, Var};
+
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
+        let d = d.abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// `fused` and `composed`, both computed from `input`, agree to `tol`
+    /// in value and in the gradient of a random projection of them.
+    pub fn same_value_and_gradient(fused: &Tensor, composed: &Tensor, input: &Var, tol: f64) {
+        let d = max_diff(fused, composed);
+        assert!(d < tol, "values off by {d}");
+        let probe = fused.randn_like(0.0, 1.0).unwrap();
+        let grad = |y: &Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(input).expect("a gradient reaches the input").clone()
+        };
+        let d = max_diff(&grad(fused), &grad(composed));
+        assert!(d < tol, "gradients off by {d}");
+    }
 }
 
 #[cfg(test)]

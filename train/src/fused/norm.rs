@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{by_dtype, frozen_data, min_rows, Real, Rows};
+use super::{by_dtype, frozen_data, min_rows, rows2, Real, Rows};
 
 /// Which normalization, with its frozen weight (and bias).
 #[derive(Clone)]
@@ -168,10 +168,7 @@ impl CustomOp2 for NormBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rx, rg) = (Rows::of(l1, self.name())?, Rows::of(l2, self.name())?);
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("fused-norm-backward: shapes differ");
-        }
+        let (rx, rg) = rows2(l1, l2, self.name())?;
         let out = by_dtype!("fused-norm-backward", s1, s2, |x, g| self
             .0
             .backward(x, rx, g, rg)?);
@@ -182,20 +179,9 @@ impl CustomOp2 for NormBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops;
+    use crate::fused::check::same_value_and_gradient;
+    use crate::ops::composed;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Fused against composed, values and input gradients, on a column
     /// slice (strided rows) of a wider matrix.
@@ -206,34 +192,18 @@ mod tests {
         let x = wide.narrow(1, 4, 12).unwrap();
         let w = Tensor::randn(1f64, 0.3, 12, &dev).unwrap();
         let b = Tensor::randn(0f64, 0.3, 12, &dev).unwrap();
-        let probe = Tensor::randn(0f64, 1.0, (7, 12), &dev).unwrap();
-        let cases: [(Tensor, Tensor); 2] = [
-            (
-                rms_norm(&x, &w, 1e-5).unwrap(),
-                ops::composed::rms_norm(&x, &w, 1e-5).unwrap(),
-            ),
-            (
-                layer_norm(&x, &w, &b, 1e-5).unwrap(),
-                ops::composed::layer_norm(&x, &w, &b, 1e-5).unwrap(),
-            ),
-        ];
-        for (fused, composed) in cases {
-            assert!(max_diff(&fused, &composed) < 1e-12);
-            let gf = (fused * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gc = (composed * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let d = max_diff(gf.get(&wide).unwrap(), gc.get(&wide).unwrap());
-            assert!(d < 1e-12, "gradient off by {d}");
-        }
+        same_value_and_gradient(
+            &rms_norm(&x, &w, 1e-5).unwrap(),
+            &composed::rms_norm(&x, &w, 1e-5).unwrap(),
+            &wide,
+            1e-12,
+        );
+        same_value_and_gradient(
+            &layer_norm(&x, &w, &b, 1e-5).unwrap(),
+            &composed::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+            &wide,
+            1e-12,
+        );
     }
 
     #[test]

@@ -85,20 +85,9 @@ impl CustomOp1 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::same_value_and_gradient;
     use crate::ops;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     #[test]
     fn matches_composed_rotate_half() {
@@ -110,23 +99,11 @@ mod tests {
             sin.to_dtype(DType::F64).unwrap(),
         );
         let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, t, d), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f64, 1.0, (2, 3, t, d), &dev).unwrap();
-        let fused = rope(&x, &cos, &sin).unwrap();
-        let composed = ops::composed::rope(&x, &cos, &sin).unwrap();
-        assert!(max_diff(&fused, &composed) < 1e-12);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let d = max_diff(gf.get(&x).unwrap(), gc.get(&x).unwrap());
-        assert!(d < 1e-12, "gradient off by {d}");
+        same_value_and_gradient(
+            &rope(&x, &cos, &sin).unwrap(),
+            &ops::composed::rope(&x, &cos, &sin).unwrap(),
+            &x,
+            1e-12,
+        );
     }
 }

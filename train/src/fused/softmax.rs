@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{by_dtype, min_rows, Real, Rows};
+use super::{by_dtype, min_rows, rows2, Real, Rows};
 
 /// `softmax(scale * x)` over the last dimension (T keys) where row r is
 /// query position `r % T` and sees keys `0..=r % T` (later keys get
@@ -105,10 +105,7 @@ impl CustomOp2 for CausalSoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (ry, rg) = (Rows::of(l1, self.name())?, Rows::of(l2, self.name())?);
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("causal-softmax-backward: shapes differ");
-        }
+        let (ry, rg) = rows2(l1, l2, self.name())?;
         let out = by_dtype!("causal-softmax-backward", s1, s2, |y, g| backward(
             y, ry, g, rg, self.scale
         ));
@@ -119,20 +116,9 @@ impl CustomOp2 for CausalSoftmaxBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::{max_diff, same_value_and_gradient};
     use crate::ops;
     use candle_core::{DType, Device, Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Against the composed softmax of scaled, masked scores, forward and
     /// backward, in f64 and f32, with two query groups of 5 positions.
@@ -140,44 +126,26 @@ mod tests {
     fn matches_composed_masked_softmax() {
         let dev = Device::Cpu;
         let (groups, t, scale) = (2, 5, 0.37);
-        let x = Var::from_tensor(&(Tensor::randn(0f64, 2.0, (3, groups * t, t), &dev).unwrap()))
-            .unwrap();
-        let w = Tensor::randn(0f64, 1.0, (3, groups * t, t), &dev).unwrap();
-        let mask = ops::causal_mask(groups, t, &dev)
+        let x =
+            Var::from_tensor(&Tensor::randn(0f64, 2.0, (3, groups * t, t), &dev).unwrap()).unwrap();
+        let mask = ops::causal_mask(groups, t, &dev).unwrap();
+        let masked = (x.as_tensor() * scale)
             .unwrap()
-            .to_dtype(DType::F64)
+            .broadcast_add(&mask.to_dtype(DType::F64).unwrap())
             .unwrap();
-        let reference = ops::composed::softmax_last_dim(
-            &(x.as_tensor() * scale)
-                .unwrap()
-                .broadcast_add(&mask)
-                .unwrap(),
-        )
-        .unwrap();
+        let reference = ops::composed::softmax_last_dim(&masked).unwrap();
         let fused = causal_softmax(&x, scale).unwrap();
-        assert!(max_diff(&fused, &reference) < 1e-12);
-        let g_ref = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_fused = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let d = max_diff(g_fused.get(&x).unwrap(), g_ref.get(&x).unwrap());
-        assert!(d < 1e-12, "gradient off by {d}");
+        same_value_and_gradient(&fused, &reference, &x, 1e-12);
         // f32: the fast exp is good to 5e-7 relative.
-        let x32 = x.to_dtype(DType::F32).unwrap();
-        let y32 = causal_softmax(&x32, scale).unwrap();
-        assert!(max_diff(&y32, &causal_softmax(&x, scale).unwrap()) < 2e-6);
+        let y32 = causal_softmax(&x.to_dtype(DType::F32).unwrap(), scale).unwrap();
+        assert!(max_diff(&y32, &fused) < 2e-6);
         // Rows sum to one and masked keys are exactly zero.
-        let sums = y32
-            .sum(D::Minus1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
+        let sums = y32.sum(D::Minus1).unwrap().flatten_all().unwrap();
+        assert!(sums
             .to_vec1::<f32>()
-            .unwrap();
-        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+            .unwrap()
+            .iter()
+            .all(|s| (s - 1.0).abs() < 1e-5));
         let first: Vec<f32> = y32.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
         assert_eq!(first[0], 1.0);
         assert!(first[1..].iter().all(|&p| p == 0.0));

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{by_dtype, min_rows, Real, Rows};
+use super::{by_dtype, min_rows, rows2, Real, Rows};
 
 /// `silu(gate) * up` elementwise, differentiable in both.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -16,13 +16,6 @@ struct SwiGlu;
 #[inline(always)]
 fn sigmoid<T: Real>(x: T) -> T {
     T::ONE / (T::ONE + (-x).exp())
-}
-
-fn rows2(l1: &Layout, l2: &Layout, op: &str) -> Result<(Rows, Rows)> {
-    if l1.dims() != l2.dims() {
-        candle_core::bail!("{op}: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
-    }
-    Ok((Rows::of(l1, op)?, Rows::of(l2, op)?))
 }
 
 fn forward<T: Real>(gate: &[T], rg: Rows, up: &[T], ru: Rows) -> Vec<T> {
@@ -127,19 +120,8 @@ impl CustomOp3 for SwiGluBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::{max_diff, same_value_and_gradient};
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Against candle's `silu(gate) * up`, with gate and up column slices
     /// of one matrix (as the fused gate/up projection gives them).
@@ -148,24 +130,9 @@ mod tests {
         let dev = Device::Cpu;
         let gu = Var::from_tensor(&Tensor::randn(0f64, 3.0, (6, 16), &dev).unwrap()).unwrap();
         let (gate, up) = (gu.narrow(1, 0, 8).unwrap(), gu.narrow(1, 8, 8).unwrap());
-        let probe = Tensor::randn(0f64, 1.0, (6, 8), &dev).unwrap();
-        let fused = swiglu(&gate, &up).unwrap();
         let composed = (gate.silu().unwrap() * &up).unwrap();
-        assert!(max_diff(&fused, &composed) < 1e-12);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let d = max_diff(gf.get(&gu).unwrap(), gc.get(&gu).unwrap());
-        assert!(d < 1e-12, "gradient off by {d}");
+        same_value_and_gradient(&swiglu(&gate, &up).unwrap(), &composed, &gu, 1e-12);
+        // f32 with the fast exp.
         let (g32, u32_) = (
             gate.to_dtype(DType::F32).unwrap(),
             up.to_dtype(DType::F32).unwrap(),
