@@ -116,7 +116,7 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::GeluTanh => crate::fused::gelu::gelu_tanh(x),
+            Activation::GeluTanh => ops::gelu_tanh(x),
             Activation::GeluErf => x.gelu_erf(),
             Activation::Relu => x.relu(),
         }

@@ -104,6 +104,14 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
+/// GELU with the tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return fused::gelu::gelu_tanh(x);
+    }
+    x.gelu()
+}
+
 /// Rotary embedding in the `rotate_half` layout (Hugging Face llama),
 /// `x` (B, H, T, D), `cos`, `sin` (T, D) from [`rope_tables`].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

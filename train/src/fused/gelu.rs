@@ -4,8 +4,7 @@
 //! candle's `gelu` computes it with libm's `tanhf` and `powf` per element,
 //! and its backward composes several more tensor ops: on a GPT-2 training
 //! step that was ~17% of the time. Here tanh comes from a branch-free exp
-//! that vectorizes. f64 (gradient checks) uses std's tanh; other devices
-//! use candle's op.
+//! that vectorizes. f64 (gradient checks) uses std's tanh.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -15,11 +14,8 @@ use super::{exp_f32, Real};
 const K0: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 const K1: f64 = 0.044_715;
 
-/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, differentiable.
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, differentiable (CPU).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return x.gelu();
-    }
     x.apply_op1(Gelu)
 }
 

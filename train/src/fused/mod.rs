@@ -187,6 +187,21 @@ macro_rules! by_dtype {
             _ => candle_core::bail!("{}: f32 or f64 only, both the same", $op),
         }
     };
+    ($op:literal, $s1:expr, $s2:expr, $s3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($s1, $s2, $s3) {
+            (
+                candle_core::CpuStorage::F32($a),
+                candle_core::CpuStorage::F32($b),
+                candle_core::CpuStorage::F32($c),
+            ) => candle_core::CpuStorage::F32($body),
+            (
+                candle_core::CpuStorage::F64($a),
+                candle_core::CpuStorage::F64($b),
+                candle_core::CpuStorage::F64($c),
+            ) => candle_core::CpuStorage::F64($body),
+            _ => candle_core::bail!("{}: f32 or f64 only, all the same", $op),
+        }
+    };
 }
 pub(crate) use by_dtype;
 

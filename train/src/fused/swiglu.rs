@@ -104,15 +104,9 @@ impl CustomOp3 for SwiGluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let (rg, ru) = rows2(l1, l2, self.name())?;
         let (_, rd) = rows2(l1, l3, self.name())?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
-                CpuStorage::F32(backward(a, rg, b, ru, c, rd))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
-                CpuStorage::F64(backward(a, rg, b, ru, c, rd))
-            }
-            _ => candle_core::bail!("swiglu-backward: f32 or f64 only, all the same"),
-        };
+        let out = by_dtype!("swiglu-backward", s1, s2, s3, |g, u, d| backward(
+            g, rg, u, ru, d, rd
+        ));
         Ok((out, Shape::from(2 * l1.shape().elem_count())))
     }
 }
