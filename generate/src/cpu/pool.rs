@@ -147,18 +147,18 @@ fn worker(s: &Shared) {
 }
 
 /// An output buffer that parallel tasks write disjoint parts of.
-pub(crate) struct SendPtr(*mut f32, usize);
+pub(crate) struct SendPtr<T = f32>(*mut T, usize);
 // SAFETY: users write disjoint elements from each task (see quant::matmul_with).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
 
-impl SendPtr {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
+impl<T> SendPtr<T> {
+    pub(crate) fn new(buf: &mut [T]) -> Self {
         SendPtr(buf.as_mut_ptr(), buf.len())
     }
 
     /// A method, so closures capture the Sync wrapper and not its field.
-    pub(crate) fn at(&self, i: usize) -> *mut f32 {
+    pub(crate) fn at(&self, i: usize) -> *mut T {
         assert!(i < self.1, "index {i} outside the buffer ({})", self.1);
         // SAFETY: in bounds (checked above).
         unsafe { self.0.add(i) }

@@ -93,9 +93,20 @@ fn quantize_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; BLOCK];
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = round_half_away(v * id) as i8;
     }
     (d, qs)
+}
+
+/// `x.round()` (halves away from zero, GGML's `roundf`) for |x| < 2^31, in
+/// instructions that vectorize: `f32::round` is a libm call per value, and
+/// quantizing a prompt's activations spent 1.8% of prompt processing there.
+/// Exact: the fraction `x - trunc(x)` of a float is representable.
+#[inline]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let f = x - t as f32;
+    t + (f >= 0.5) as i32 - (f <= -0.5) as i32
 }
 
 /// A 4-bit block's 32 values in element order: GGML keeps elements 0..15 in
@@ -277,21 +288,41 @@ pub struct Acts {
 }
 
 impl Acts {
-    /// Quantizes `x` (rows of `cols` values), reusing this buffer.
+    /// Quantizes `x` (rows of `cols` values), reusing this buffer; a prompt's
+    /// rows in parallel (serial, they were 4% of prompt processing while the
+    /// other threads waited).
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
         assert_eq!(cols % BLOCK, 0, "columns must be a multiple of {BLOCK}");
         self.rows = x.len() / cols;
         self.cols = cols;
+        let n = x.len() / BLOCK;
+        let empty = ActBlock {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; BLOCK],
+        };
         self.blocks.clear();
-        self.blocks.extend(x.chunks_exact(BLOCK).map(|x| {
-            let (d, qs) = quantize_block(x);
+        self.blocks.resize(n, empty);
+        let quantize = |i: usize| {
+            let (d, qs) = quantize_block(&x[i * BLOCK..(i + 1) * BLOCK]);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             ActBlock {
                 d,
                 s: d * sum as f32,
                 qs,
             }
-        }));
+        };
+        if self.rows < 2 {
+            for (i, b) in self.blocks.iter_mut().enumerate() {
+                *b = quantize(i);
+            }
+            return;
+        }
+        let out = SendPtr::new(&mut self.blocks);
+        parallel_split(n, cols / BLOCK, |part| {
+            // SAFETY: the parts are disjoint and inside the buffer.
+            part.for_each(|i| unsafe { *out.at(i) = quantize(i) })
+        });
     }
 }
 

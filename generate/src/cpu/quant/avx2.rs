@@ -78,7 +78,12 @@ fn unsigned(x: __m256i) -> WeightBytes {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prod(w: WeightBytes, a: &ActBlock) -> __m256 {
-    let y = load(&a.qs);
+    prod_loaded(w, load(&a.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prod_loaded(w: WeightBytes, y: __m256i) -> __m256 {
     let y = match w.signs {
         Some(s) => _mm256_sign_epi8(y, s),
         None => y,
@@ -131,10 +136,13 @@ impl Ahead {
 /// once for both). Every output has its own accumulator (one row: two),
 /// so consecutive fused multiply-adds do not wait on each other.
 /// `$unpack`: the block's bytes; `$off`: its constant term (Q4_1's
-/// offset times the activations' sum, else 0).
+/// offset times the activations' sum, else 0); `$offsets`: the sums of
+/// `$off` over a row for four rows at once, added in the same order and
+/// rounded the same way (the pairs kernel must equal the single-row one
+/// bit for bit).
 macro_rules! kernels {
     ($one:ident, $four:ident, $four2:ident, $B:ty,
-     |$w:ident| $unpack:expr, |$wo:ident, $ao:ident| $off:expr) => {
+     |$w:ident| $unpack:expr, |$wo:ident, $ao:ident| $off:expr, $offsets:path) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $one(w: &[$B], a: &[ActBlock]) -> f32 {
             let a = &a[..w.len()];
@@ -176,46 +184,37 @@ macro_rules! kernels {
             let n = w[0].len();
             let w = w.map(|w| &w[..n]);
             let a = a.map(|a| &a[..n]);
+            // Weight rows outer, activation rows inner: one unpacked weight
+            // block is live at a time, so the eight accumulators, the two
+            // activation blocks and the constants fit the 16 registers (with
+            // all four blocks unpacked first, LLVM spilled to the stack). The
+            // constant terms are summed after, in their own loop.
             let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-            let mut off = [[0f32; 4]; 2];
+            let wp = w.map(|w| w.as_ptr());
+            let ap = a.map(|a| a.as_ptr());
             for b in 0..n {
-                // Written out, not `[0, 1, 2, 3].map(..)`: a closure would
-                // not inherit this function's target features (nor inline).
-                let bytes = [
-                    {
-                        let $w = &w[0][b];
-                        $unpack
-                    },
-                    {
-                        let $w = &w[1][b];
-                        $unpack
-                    },
-                    {
-                        let $w = &w[2][b];
-                        $unpack
-                    },
-                    {
-                        let $w = &w[3][b];
-                        $unpack
-                    },
-                ];
-                let dw = [
-                    f32_of(w[0][b].d),
-                    f32_of(w[1][b].d),
-                    f32_of(w[2][b].d),
-                    f32_of(w[3][b].d),
-                ];
-                for j in 0..2 {
-                    let ab = &a[j][b];
-                    for r in 0..4 {
-                        let d = _mm256_set1_ps(dw[r] * ab.d);
-                        acc[j][r] = _mm256_fmadd_ps(d, prod(bytes[r], ab), acc[j][r]);
-                        let ($wo, $ao) = (&w[r][b], ab);
-                        off[j][r] += $off;
+                // SAFETY: every slice was cut to n blocks above.
+                let ab = [&*ap[0].add(b), &*ap[1].add(b)];
+                let y = [load(&ab[0].qs), load(&ab[1].qs)];
+                for r in 0..4 {
+                    let $w = &*wp[r].add(b);
+                    let bytes = $unpack;
+                    let dw = f32_of($w.d);
+                    for j in 0..2 {
+                        let d = _mm256_set1_ps(dw * ab[j].d);
+                        acc[j][r] = _mm256_fmadd_ps(d, prod_loaded(bytes, y[j]), acc[j][r]);
                     }
                 }
             }
-            [0, 1].map(|j| [0, 1, 2, 3].map(|r| hsum(acc[j][r]) + off[j][r]))
+            // Written out: a closure would not inherit the target features.
+            let off = $offsets(w, a);
+            let mut out = [[0f32; 4]; 2];
+            for j in 0..2 {
+                for r in 0..4 {
+                    out[j][r] = hsum(acc[j][r]) + off[j][r];
+                }
+            }
+            out
         }
     };
 }
@@ -226,7 +225,8 @@ kernels!(
     dot42_q8_0,
     BlockQ8_0,
     |w| signed(_mm256_loadu_si256(w.qs.as_ptr() as *const __m256i)),
-    |_w, _a| 0.0
+    |_w, _a| 0.0,
+    no_offsets
 );
 kernels!(
     dot_q4_0,
@@ -234,7 +234,8 @@ kernels!(
     dot42_q4_0,
     BlockQ4_0,
     |w| signed(_mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8))),
-    |_w, _a| 0.0
+    |_w, _a| 0.0,
+    no_offsets
 );
 kernels!(
     dot_q4_1,
@@ -242,5 +243,43 @@ kernels!(
     dot42_q4_1,
     BlockQ4_1,
     |w| unsigned(nibbles(&w.qs)),
-    |w, a| f32_of(w.m) * a.s
+    |w, a| f32_of(w.m) * a.s,
+    q4_1_offsets
 );
+
+/// What the single-row kernels add for a format without constant terms:
+/// `0.0` per block, which sums to `0.0`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn no_offsets<B>(_w: [&[B]; 4], _a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
+    [[0.0; 4]; 2]
+}
+
+/// Q4_1's constant terms `m * s` of four rows and two activation rows, summed over the blocks in
+/// order from 0.0 with a separate multiply and add: what `dot4_q4_1` does
+/// per row in scalars, four lanes at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_offsets(w: [&[BlockQ4_1]; 4], a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
+    let mut off = [_mm_setzero_ps(); 2];
+    for b in 0..a[0].len() {
+        let m = _mm_cvtph_ps(_mm_set_epi16(
+            0,
+            0,
+            0,
+            0,
+            w[3][b].m.to_bits() as i16,
+            w[2][b].m.to_bits() as i16,
+            w[1][b].m.to_bits() as i16,
+            w[0][b].m.to_bits() as i16,
+        ));
+        for j in 0..2 {
+            off[j] = _mm_add_ps(off[j], _mm_mul_ps(m, _mm_set1_ps(a[j][b].s)));
+        }
+    }
+    let mut out = [[0f32; 4]; 2];
+    for j in 0..2 {
+        _mm_storeu_ps(out[j].as_mut_ptr(), off[j]);
+    }
+    out
+}

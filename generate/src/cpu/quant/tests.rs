@@ -33,6 +33,24 @@ fn naive(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 #[test]
+fn rounding_is_f32_round() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let halves = (-300..=300).map(|i| i as f32 * 0.5);
+    let near_halves = (-300..=300).flat_map(|i| {
+        let h = i as f32 * 0.5;
+        [h.next_up(), h.next_down()]
+    });
+    let random = (0..10_000).map(|_| rng.random_range(-130.0f32..130.0));
+    for x in halves
+        .chain(near_halves)
+        .chain(random)
+        .chain([0.0, -0.0, 1e9, -1e9])
+    {
+        assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+    }
+}
+
+#[test]
 fn every_format_multiplies_like_its_dequantized_values() {
     let (rows, cols, m) = (67, 128, 5);
     let x = random_values(m * cols, 1);
