@@ -45,13 +45,15 @@ impl Stage for Embed {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the `cosine_diversity` metric.
+        2
     }
 
     fn about(&self) -> &'static str {
         "Sentence embeddings (BERT or MPNet encoder, mean pooling, L2 norm; all-MiniLM-L6-v2 by \
          default, all-mpnet-base-v2 as in the paper) \
-         of `input + \" \" + target` for a seeded sample of a dataset (embeddings.npy, ids.json)"
+         of `input + \" \" + target` for a seeded sample of a dataset (embeddings.npy, ids.json), \
+         and their semantic diversity (`cosine_diversity`: mean cosine distance of two texts)"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
@@ -133,15 +135,42 @@ impl Stage for Embed {
             .map_err(|e| StageError::Other(format!("encode ids: {e}")))?;
         std::fs::write(&ids_path, json + "\n")
             .map_err(|e| StageError::io(format!("write {}", ids_path.display()), e))?;
-        Ok(Outcome::default()
+        let outcome = Outcome::default()
             .output(EMBEDDINGS_FILE, emb_path)
             .output(IDS_FILE, ids_path)
             .metric("n", texts.len() as u64)
             .metric("dim", encoder.dim as u64)
             .metric("model", model_name)
             .metric("truncated", out.truncated as u64)
-            .metric("mean_tokens", out.tokens as f64 / texts.len().max(1) as f64))
+            .metric("mean_tokens", out.tokens as f64 / texts.len().max(1) as f64);
+        Ok(match mean_cosine_distance(&out.vectors, encoder.dim) {
+            Some(d) => outcome.metric("cosine_diversity", d),
+            None => outcome,
+        })
     }
+}
+
+/// Semantic diversity of a set: the mean cosine distance between the
+/// embeddings of two different texts, `1 - mean_{i != j} cos(v_i, v_j)`;
+/// `None` below two texts. Distinct-n counts repeated word runs, which a set
+/// of stories on one topic need not have: this sees the shared topic. In
+/// O(n d), not O(n^2 d): for unit vectors `|sum u_i|^2 = n + sum_{i != j} u_i . u_j`.
+pub fn mean_cosine_distance(vectors: &[f32], dim: usize) -> Option<f64> {
+    let n = vectors.len().checked_div(dim)?;
+    if n < 2 {
+        return None;
+    }
+    let mut sum = vec![0f64; dim];
+    for v in vectors.chunks_exact(dim) {
+        let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let norm = norm.max(1e-12);
+        for (s, &x) in sum.iter_mut().zip(v) {
+            *s += x as f64 / norm;
+        }
+    }
+    let sq: f64 = sum.iter().map(|s| s * s).sum();
+    let pairs = (n * (n - 1)) as f64;
+    Some(1.0 - (sq - n as f64) / pairs)
 }
 
 /// The text embedded for one example: the paper's "question (story context)

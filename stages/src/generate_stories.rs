@@ -15,10 +15,16 @@ use crate::generation::{self, common_params, fill, sentences, Gen, Job};
 use crate::seeds::item_hash;
 use crate::topics::TOPICS_FILE;
 
-pub const DEFAULT_PROMPT: &str = "Here are some short stories. Each one has exactly five \
-sentences.\n\n{examples}\n\nWrite a new short story about \"{topic}\". Use the same format as \
-the examples: exactly five simple sentences, about as long as the examples. Write only the \
-story.";
+/// The topic comes first and last: with the seeds in between only, SmolLM2-135M
+/// mostly continued the seeds and ignored the topic (Distinct-5 did not move with
+/// m_t, and a third of its answers copied a seed).
+pub const DEFAULT_PROMPT: &str = "Write a short story about {topic}.\nThe story has exactly five \
+short, simple sentences, like these examples:\n\n{examples}\n\nWrite only the new story about \
+{topic}.";
+
+/// Words in a row an answer may share with its seed stories before it counts
+/// as a copy (ROCStories sentences are 8-10 words long).
+const COPY_WORDS: usize = 8;
 
 pub struct GenerateStories;
 
@@ -46,6 +52,28 @@ pub fn parse_story(text: &str) -> Option<(String, String)> {
         return None;
     }
     Some((s[..4].join(" "), s[4].clone()))
+}
+
+/// Whether `story` repeats `COPY_WORDS` words in a row of one of `seeds`: a
+/// small model often copies its examples, and a copied real story is not a
+/// generated one (it would carry real data into the generated set).
+pub fn copies_seed(story: &str, seeds: &[String]) -> bool {
+    let words = |t: &str| -> Vec<String> {
+        t.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let runs: std::collections::HashSet<Vec<String>> = seeds
+        .iter()
+        .flat_map(|s| {
+            let w = words(s);
+            w.windows(COPY_WORDS)
+                .map(<[String]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    words(story).windows(COPY_WORDS).any(|w| runs.contains(w))
 }
 
 impl Stage for GenerateStories {
@@ -135,6 +163,7 @@ impl Stage for GenerateStories {
         let mut gen = Gen::open(ctx)?;
         ctx.progress.set_total(count as u64, "stories");
         let mut topics = Vec::with_capacity(count);
+        let mut seed_texts = Vec::with_capacity(count);
         let mut jobs = Vec::with_capacity(count);
         for i in 0..count {
             let topic =
@@ -149,11 +178,16 @@ impl Stage for GenerateStories {
                 }
                 j += 1;
             }
-            let examples = picked
+            let shown: Vec<String> = picked
                 .iter()
-                .map(|&k| format!("Story: {} {}", real[k].input.trim(), real[k].target.trim()))
+                .map(|&k| format!("{} {}", real[k].input.trim(), real[k].target.trim()))
+                .collect();
+            let examples = shown
+                .iter()
+                .map(|s| format!("Story: {s}"))
                 .collect::<Vec<_>>()
                 .join("\n\n");
+            seed_texts.push(shown);
             let text = fill(&prompt, &[("examples", &examples), ("topic", topic)]);
             topics.push(topic.clone());
             jobs.push(Job::new(
@@ -165,7 +199,11 @@ impl Stage for GenerateStories {
         // All stories at once (as many in flight as the backend allows);
         // each one's seed depends on its index only, so the order the
         // answers come in changes nothing.
-        let parsed = gen.items(ctx, &jobs, |_, text| parse_story(text))?;
+        let parsed = gen.items(ctx, &jobs, |i, text| {
+            parse_story(text).filter(|(input, target)| {
+                !copies_seed(&format!("{input} {target}"), &seed_texts[i])
+            })
+        })?;
         let mut out = Vec::new();
         for (i, (parsed, topic)) in parsed.into_iter().zip(topics).enumerate() {
             if let Some((input, target)) = parsed {
@@ -212,5 +250,23 @@ mod tests {
         );
         assert_eq!(t, "In the morning the dog was still there.");
         assert!(parse_story("Too short. Only two.").is_none());
+    }
+
+    #[test]
+    fn an_answer_repeating_a_seed_is_a_copy() {
+        let seeds = vec![
+            "Rick grew up in a troubled household. He never found good support in family, and \
+             turned to gangs."
+                .to_string(),
+        ];
+        // A real SmolLM2 answer that continued its seed story.
+        assert!(copies_seed(
+            "The story was: Rick grew up in a troubled household! He never found good support.",
+            &seeds
+        ));
+        assert!(!copies_seed(
+            "Rick grew up on a farm. He never found his dog, and turned to his friends for help.",
+            &seeds
+        ));
     }
 }

@@ -162,7 +162,9 @@ struct Prices {
 /// generator's numerics change, so their cached results become stale.
 /// Journaled answers are still reused: their keys name the generator itself.
 /// 2: flow's own CPU llama (journal identity `flow-generate/local/v3`).
-pub const VERSION: u32 = 2;
+/// 3: topic lists cleaned of decorations; stories ask for the topic first and
+/// last, and answers that copy a seed story are retried.
+pub const VERSION: u32 = 3;
 
 pub struct Gen {
     pub journaled: Journaled,
@@ -625,7 +627,12 @@ mod tests {
                 "Sorry.".to_string()
             } else if prompt.contains("topics") {
                 (0..6)
-                    .map(|i| format!("{}. Lost dog {}", i + 1, (seed / 7 + i) % 40))
+                    .map(|i| {
+                        // 40 distinct topics without digits (a topic with one is refused).
+                        let x = ((seed / 7 + i) % 40) as u8;
+                        let name = [b'a' + x / 8, b'a' + x % 8].map(char::from);
+                        format!("{}. Lost dog {}{}", i + 1, name[0], name[1])
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             } else if prompt.contains("Q:") {

@@ -49,18 +49,30 @@ const HINTS: &[&str] = &[
 pub struct Topics;
 
 /// Topics in one answer: list lines, markers stripped, 1-6 words, no sentences.
+/// A small model decorates its list ("### Adventure", "Sports: 1",
+/// "Adventure - 20 topics", "Food: List 10 topics for food"): the topic is
+/// what comes before a colon or dash, and lines that still speak of topics or
+/// carry numbers are not topics, nor are fragments of under three letters.
 pub fn parse_topics(text: &str) -> Vec<String> {
     text.lines()
         .map(strip_marker)
-        .map(|t| t.trim_end_matches(['.', ',', ';']).trim().to_string())
+        .map(|t| {
+            let t = t.trim_start_matches(['#', '*', ' ']);
+            let head = t.split([':', '(']).next().unwrap_or(t);
+            let head = head.split(" - ").next().unwrap_or(head);
+            head.trim_end_matches(['.', ',', ';'])
+                .trim_matches(['"', '*', '\'', ' '])
+                .to_string()
+        })
         .filter(|t| {
             let words = t.split_whitespace().count();
+            let lower = t.to_lowercase();
             (1..=6).contains(&words)
                 && t.len() <= 60
-                && t.chars().any(char::is_alphabetic)
-                && !t.ends_with(':')
-                && !t.to_lowercase().starts_with("topic")
-                && !t.to_lowercase().starts_with("here ")
+                && t.chars().filter(|c| c.is_alphabetic()).count() >= 3
+                && !t.chars().any(|c| c.is_ascii_digit())
+                && !lower.contains("topic")
+                && !lower.starts_with("here ")
         })
         .collect()
 }
@@ -200,5 +212,27 @@ mod tests {
              wrong at the old mill by the river\n- Betrayal.",
         );
         assert_eq!(t, vec!["Time travel", "A lost dog", "Betrayal"]);
+    }
+
+    #[test]
+    fn decorations_of_real_smollm2_lists_are_stripped() {
+        // Lines from SmolLM2-135M's answers to the default prompt.
+        let t = parse_topics(
+            "Adventure: 1\n### Mustangs: A\nAdventure - 20 topics\nFood: List 10 topics for \
+             food\nTopics about sports:\n12. Sports: 1\nA Lost Dog - 12 topics\nBetrayal: \"The \
+             Time Travel\nJa\nA",
+        );
+        assert_eq!(
+            t,
+            vec![
+                "Adventure",
+                "Mustangs",
+                "Adventure",
+                "Food",
+                "Sports",
+                "A Lost Dog",
+                "Betrayal"
+            ]
+        );
     }
 }
