@@ -255,9 +255,9 @@ fn no_offsets<B>(_w: [&[B]; 4], _a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
     [[0.0; 4]; 2]
 }
 
-/// Q4_1's constant terms `m * s` of four rows and two activation rows, summed over the blocks in
-/// order from 0.0 with a separate multiply and add: what `dot4_q4_1` does
-/// per row in scalars, four lanes at a time.
+/// Q4_1's constant terms `m * s` of four weight rows against two activation
+/// rows, summed over the blocks in order from 0.0 with a separate multiply
+/// and add: what `dot4_q4_1` does per row in scalars, four lanes at a time.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_offsets(w: [&[BlockQ4_1]; 4], a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
