@@ -206,8 +206,8 @@ macro_rules! kernels {
                     }
                 }
             }
-            // Written out: a closure would not inherit the target features.
             let off = $offsets(w, a);
+            // Loops, not `map`: a closure would not inherit the target features.
             let mut out = [[0f32; 4]; 2];
             for j in 0..2 {
                 for r in 0..4 {
@@ -249,8 +249,6 @@ kernels!(
 
 /// What the single-row kernels add for a format without constant terms:
 /// `0.0` per block, which sums to `0.0`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
 fn no_offsets<B>(_w: [&[B]; 4], _a: [&[ActBlock]; 2]) -> [[f32; 4]; 2] {
     [[0.0; 4]; 2]
 }
