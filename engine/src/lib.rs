@@ -12,6 +12,7 @@ pub mod progress;
 pub mod project;
 pub mod publish;
 pub mod run;
+mod schedule;
 pub mod schema;
 pub mod session;
 pub mod stage;

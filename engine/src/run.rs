@@ -6,7 +6,7 @@
 //! dispatching, lets running stages notice the cancellation, and keeps what
 //! finished.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ use flow_cache::{CacheError, Failure, ObjectState, OutputRef, Record};
 use crate::diag::near_miss;
 use crate::progress::Bars;
 use crate::publish::publish;
+use crate::schedule;
 use crate::session::{Cached, Session};
 use crate::stage::{CancelToken, Context, StageError, Threads};
 use crate::status::{evaluate, State};
@@ -137,7 +138,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         ups
     };
     let mut waiting = vec![0usize; n];
-    let mut ready = VecDeque::new();
+    let mut ready = Vec::new();
     for &i in &plan.order {
         if selected[i] && matches!(slots[i], Slot::Pending) {
             waiting[i] = distinct_inputs(i)
@@ -145,7 +146,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                 .filter(|&u| !matches!(slots[u], Slot::Done(_)))
                 .count();
             if waiting[i] == 0 {
-                ready.push_back(i);
+                ready.push(i);
             }
         }
     }
@@ -155,28 +156,33 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         .filter(|(i, s)| selected[*i] && matches!(s, Slot::Pending))
         .count() as u64;
     let bars = Bars::new(opts.progress && total > 0, total);
+    let unblocks = schedule::unblocked_counts(plan, &selected);
+    let weight_of = |i: usize| {
+        let inst = &plan.instances[i];
+        match session
+            .stage_of(inst)
+            .threads(&inst.params, &plan.resources)
+        {
+            Threads::One => 1,
+            Threads::Exactly(k) => k.clamp(1, jobs),
+            Threads::All => jobs,
+        }
+    };
     let mut free = jobs;
     let mut running = 0usize;
     let (tx, rx) = mpsc::channel::<(usize, usize, Finished)>();
 
     std::thread::scope(|scope| {
         loop {
-            // Start ready instances in order while they fit in the free cores
-            // (one always starts when nothing runs, whatever its weight).
-            while let Some(&i) = ready.front() {
-                if opts.cancel.is_cancelled() {
+            // Start ready instances, most unblocking first, while they fit in the free
+            // cores (one always starts when nothing runs, whatever its weight).
+            while !opts.cancel.is_cancelled() {
+                let Some(pos) = schedule::pick(&ready, &unblocks, weight_of, free, running == 0)
+                else {
                     break;
-                }
-                let inst = &plan.instances[i];
-                let weight = match session.stage_of(inst).threads(&inst.params) {
-                    Threads::One => 1,
-                    Threads::Exactly(k) => k.clamp(1, jobs),
-                    Threads::All => jobs,
                 };
-                if weight > free && running > 0 {
-                    break;
-                }
-                ready.pop_front();
+                let i = ready.remove(pos);
+                let weight = weight_of(i);
                 let upstream: BTreeMap<usize, Record> = distinct_inputs(i)
                     .into_iter()
                     .filter_map(|u| match &slots[u] {
@@ -229,7 +235,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                     if selected[d] && matches!(slots[d], Slot::Pending) {
                         waiting[d] -= 1;
                         if waiting[d] == 0 {
-                            ready.push_back(d);
+                            ready.push(d);
                         }
                     }
                 }

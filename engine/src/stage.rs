@@ -353,7 +353,9 @@ pub trait Stage: Send + Sync {
     ) -> Result<Vec<(String, String)>, StageError> {
         Ok(Vec::new())
     }
-    fn threads(&self, _params: &Params) -> Threads {
+    /// Cores one instance keeps busy; `resources` are the manifest's models and
+    /// generators (an HTTP generator needs no local cores).
+    fn threads(&self, _params: &Params, _resources: &Resources) -> Threads {
         Threads::One
     }
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError>;

@@ -83,7 +83,7 @@ impl Stage for Embed {
         ]
     }
 
-    fn threads(&self, _params: &Params) -> Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> Threads {
         Threads::All
     }
 

@@ -60,7 +60,7 @@ impl Stage for EmbedKl {
         ]
     }
 
-    fn threads(&self, _params: &Params) -> flow_engine::Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> flow_engine::Threads {
         flow_engine::Threads::All
     }
 

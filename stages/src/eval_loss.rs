@@ -75,7 +75,7 @@ impl Stage for EvalLoss {
         Vec::new()
     }
 
-    fn threads(&self, _params: &Params) -> Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> Threads {
         Threads::All
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
+use flow_engine::{Context, Outcome, ParamSpec, Params, Resources, Stage, StageError, Threads};
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
@@ -95,8 +95,8 @@ impl Stage for GenerateQa {
         ]);
         p
     }
-    fn threads(&self, _: &Params) -> Threads {
-        Threads::All
+    fn threads(&self, params: &Params, resources: &Resources) -> Threads {
+        generation::threads(params, resources)
     }
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
         let k = ctx.params.require_int("k")? as usize;

@@ -7,7 +7,9 @@
 //! (five sentences) and about the same length. The answer is parsed into
 //! input (4 sentences) + target (the 5th); malformed answers are retried.
 
-use flow_engine::{Context, Outcome, ParamProblem, ParamSpec, Params, Stage, StageError, Threads};
+use flow_engine::{
+    Context, Outcome, ParamProblem, ParamSpec, Params, Resources, Stage, StageError, Threads,
+};
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
@@ -124,8 +126,8 @@ impl Stage for GenerateStories {
         }
         out
     }
-    fn threads(&self, _: &Params) -> Threads {
-        Threads::All
+    fn threads(&self, params: &Params, resources: &Resources) -> Threads {
+        generation::threads(params, resources)
     }
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
         let m_t = ctx.params.require_int("topic_count")? as usize;

@@ -21,7 +21,9 @@
 
 use std::collections::BTreeMap;
 
-use flow_engine::{CancelToken, Context, Env, ParamSpec, StageError, Value};
+use flow_engine::{
+    CancelToken, Context, Env, ParamSpec, Params, Resources, StageError, Threads, Value,
+};
 use flow_generate::{
     ApiKey, Completion, GenError, Generator, Journal, Journaled, LocalGenerator, Message,
     OpenAiConfig, OpenAiGenerator, Request, Sampling, Sink,
@@ -63,6 +65,21 @@ fn gen_err(e: GenError) -> StageError {
         GenError::Cancelled => StageError::Cancelled,
         GenError::Config(m) => StageError::invalid(m),
         e => to_err(e),
+    }
+}
+
+/// Cores a generation stage keeps busy: all of them for the in-process model, one for a
+/// server (the work happens there; this side waits on the network), so the scheduler runs
+/// HTTP generation beside training instead of before or after it.
+pub fn threads(params: &Params, resources: &Resources) -> Threads {
+    let local = params
+        .str("generator")
+        .and_then(|name| resources.generators.get(name))
+        .is_none_or(|t| table_str(t, "backend").is_none_or(|b| b == "local"));
+    if local {
+        Threads::All
+    } else {
+        Threads::One
     }
 }
 
@@ -852,5 +869,36 @@ mod tests {
             fill("a {x} b {x} {y}", &[("x", "1"), ("y", "2")]),
             "a 1 b 1 2"
         );
+    }
+
+    #[test]
+    fn only_the_in_process_generator_takes_every_core() {
+        let mut resources = Resources::default();
+        let entry = |backend: Option<&str>| {
+            let mut t = BTreeMap::new();
+            t.insert("model".to_string(), Value::Str("smollm2".into()));
+            if let Some(b) = backend {
+                t.insert("backend".to_string(), Value::Str(b.into()));
+            }
+            t
+        };
+        resources.generators.insert("implicit".into(), entry(None));
+        resources
+            .generators
+            .insert("local".into(), entry(Some("local")));
+        resources
+            .generators
+            .insert("remote".into(), entry(Some("openai")));
+        let with = |name: &str| {
+            Params::new(BTreeMap::from([(
+                "generator".to_string(),
+                Value::Str(name.into()),
+            )]))
+        };
+        assert_eq!(threads(&with("implicit"), &resources), Threads::All);
+        assert_eq!(threads(&with("local"), &resources), Threads::All);
+        assert_eq!(threads(&with("remote"), &resources), Threads::One);
+        // An entry that is not there fails when the stage runs; until then, assume the worst.
+        assert_eq!(threads(&with("missing"), &resources), Threads::All);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads};
+use flow_engine::{Context, Outcome, ParamSpec, Params, Resources, Stage, StageError, Threads};
 use flow_generate::Message;
 
 use crate::dataset::{self, Example, Task, DATA_FILE};
@@ -88,8 +88,8 @@ impl Stage for Paraphrase {
         ]);
         p
     }
-    fn threads(&self, _: &Params) -> Threads {
-        Threads::All
+    fn threads(&self, params: &Params, resources: &Resources) -> Threads {
+        generation::threads(params, resources)
     }
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
         let m_p = ctx.params.require_int("m_p")? as usize;

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use flow_engine::{Context, Outcome, ParamSpec, Stage, StageError, Threads};
+use flow_engine::{Context, Outcome, ParamSpec, Params, Resources, Stage, StageError, Threads};
 use flow_generate::Message;
 
 use crate::generation::{self, common_params, fill, strip_marker, Gen, Job};
@@ -112,8 +112,8 @@ impl Stage for Topics {
         ]);
         p
     }
-    fn threads(&self, _: &flow_engine::Params) -> Threads {
-        Threads::All
+    fn threads(&self, params: &Params, resources: &Resources) -> Threads {
+        generation::threads(params, resources)
     }
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
         let count = ctx.params.require_int("count")? as usize;

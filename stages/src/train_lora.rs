@@ -158,7 +158,7 @@ impl Stage for TrainLora {
         problems
     }
 
-    fn threads(&self, _params: &Params) -> Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> Threads {
         Threads::All
     }
 

@@ -93,7 +93,7 @@ impl Stage for Tsne {
         problems
     }
 
-    fn threads(&self, _params: &Params) -> Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> Threads {
         Threads::All
     }
 

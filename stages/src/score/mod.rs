@@ -130,7 +130,7 @@ impl Stage for Score {
         problems
     }
 
-    fn threads(&self, _params: &Params) -> Threads {
+    fn threads(&self, _params: &Params, _: &flow_engine::Resources) -> Threads {
         Threads::All
     }
 

@@ -132,7 +132,7 @@ fn check_requires_a_reference_for_kl() {
     assert!(Score
         .check(&params(&Score, &[("data", "d".into())]))
         .is_empty());
-    assert_eq!(Score.threads(&p), Threads::All);
+    assert_eq!(Score.threads(&p, &Default::default()), Threads::All);
 }
 
 #[test]
