@@ -12,6 +12,16 @@ use plotters::style::FontStyle;
 use crate::histogram::{bin_edges, density};
 use crate::{Figure, Panel, PanelKind, PlotError, Reference, Result, RightAxis, Series};
 
+/// A legend sample of a dashed line, as wide as the solid ones: two dashes. (A macro: the
+/// composed element's type depends on the drawing backend.)
+macro_rules! dashed_sample {
+    ($at:expr, $c:expr) => {
+        EmptyElement::at($at)
+            + PathElement::new(vec![(0, 0), (9, 0)], $c.stroke_width(2))
+            + PathElement::new(vec![(15, 0), (24, 0)], $c.stroke_width(2))
+    };
+}
+
 const FONT: &str = "sans-serif";
 static DEJAVU: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -229,7 +239,7 @@ fn lines<DB: DrawingBackend>(
         ))
         .map_err(err)?
         .label(&s.label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+        .legend(move |at| dashed_sample!(at, c) + TriangleMarker::new((12, 0), 6, c.filled()));
         dual.draw_secondary_series(
             s.points
                 .iter()
@@ -291,8 +301,8 @@ fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> (SeriesLabelPosition, usize) {
 }
 
 /// Mesh, left-axis series and reference lines.
-fn left_side<DB: DrawingBackend>(
-    chart: &mut Chart2d<'_, DB>,
+fn left_side<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart2d<'a, DB>,
     panel: &Panel,
     series: &[Series],
     x_ticks: Option<&[String]>,
@@ -332,7 +342,11 @@ fn left_side<DB: DrawingBackend>(
             .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
             .map_err(err)?
             .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            .legend(move |at| {
+                EmptyElement::at(at)
+                    + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(2))
+                    + Circle::new((12, 0), 4, c.filled())
+            });
         chart
             .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
             .map_err(err)?;
@@ -344,7 +358,7 @@ fn left_side<DB: DrawingBackend>(
             .draw_series(DashedLineSeries::new(ends, 6, 4, c.stroke_width(2)))
             .map_err(err)?
             .label(&r.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+            .legend(move |at| dashed_sample!(at, c));
     }
     Ok(())
 }

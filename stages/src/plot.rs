@@ -45,8 +45,9 @@ impl Stage for Plot {
         // 3: the legend goes to the emptiest corner; a right-axis series
         // matching a left one takes its colour. 4: lines, not only their
         // markers, count in the corner choice; room is made above the data
-        // when no corner is free.
-        4
+        // when no corner is free. 5: legend samples drawn like their
+        // series (dashes, markers).
+        5
     }
 
     fn about(&self) -> &'static str {
