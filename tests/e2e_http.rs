@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +163,11 @@ impl LlamaServer {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--model_alias", MODEL_ALIAS, "--api_key", KEY])
             .args(["--n_ctx", "2048", "--verbose", "False"])
+            // One token per forward pass: llama.cpp's AMX kernels (built in
+            // where the wheel was compiled on a CPU with AMX, used only for
+            // batched matmuls) fault at `ldtilecfg` in VMs that do not enable
+            // AMX state, so a batched prompt would crash the server (SIGSEGV).
+            .args(["--n_ubatch", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -184,7 +189,9 @@ impl LlamaServer {
         }
         let mut server = LlamaServer { child, port, log };
         let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Ready when it answers HTTP: a bare TCP connect can succeed on
+        // nothing (a socket connected to itself on the same port).
+        while !server.answers_http() {
             if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("the server ended ({status}):\n{}", server.log());
             }
@@ -200,6 +207,32 @@ impl LlamaServer {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// `GET /v1/models` gets an HTTP status line back.
+    fn answers_http(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let mut head = [0u8; 12];
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_exact(&mut head).is_ok()
+            && head.starts_with(b"HTTP/1.1 200")
+    }
+
+    /// Whether the server still runs, and what it printed: for failure messages.
+    fn state(&mut self) -> String {
+        let alive = match self.child.try_wait() {
+            Ok(None) => "still running".to_string(),
+            Ok(Some(status)) => format!("ended: {status}"),
+            Err(e) => format!("unknown: {e}"),
+        };
+        format!("--- the server ({alive}) printed:\n{}", self.log())
     }
 
     /// Chat completions the server answered.
@@ -267,7 +300,7 @@ fn a_manifest_runs_on_an_openai_compatible_server_and_reruns_from_the_journal() 
         return;
     }
     let gguf = model(&data);
-    let server = LlamaServer::start(&gguf);
+    let mut server = LlamaServer::start(&gguf);
     let p = Project::new(&data);
     p.write_manifest(&manifest(server.port));
     let m = p.manifest().to_string_lossy().into_owned();
@@ -286,7 +319,7 @@ fn a_manifest_runs_on_an_openai_compatible_server_and_reruns_from_the_journal() 
 
     // The real run.
     let out = Out::of(p.command(&["run", &m, "--no-progress"]).env(KEY_VAR, KEY));
-    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert_eq!(out.code, Some(0), "{}\n{}", out.show(), server.state());
     outputs += &out.show();
     let pool = metrics(&p, "topics");
     let stories = metrics(&p, "generate_stories");
@@ -391,5 +424,40 @@ impl Out {
             "exit {:?}\n--- stdout\n{}--- stderr\n{}",
             self.code, self.stdout, self.stderr
         )
+    }
+}
+
+/// A backend nobody answers on: the run fails naming why, and no empty
+/// result is cached in its place (`min_yield = 0.0` tolerates poor answers,
+/// not none at all), so the next run asks again.
+#[test]
+fn an_unreachable_backend_fails_the_stage_and_caches_nothing() {
+    let data = require_data!();
+    // A loopback port nothing listens on once the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Project::new(&data);
+    p.write_manifest(&manifest(port).replace("max_retries = 2", "max_retries = 0"));
+    let m = p.manifest().to_string_lossy().into_owned();
+    for attempt in 0..2 {
+        let out = Out::of(p.command(&["run", &m, "--no-progress"]).env(KEY_VAR, KEY));
+        assert_ne!(out.code, Some(0), "run {attempt}: {}", out.show());
+        assert!(
+            out.stderr.contains("stage `pool` failed")
+                && out.stderr.contains("was answered")
+                && out.stderr.contains("Connection refused"),
+            "run {attempt}: {}",
+            out.show()
+        );
+        let cached: Vec<String> = p
+            .records()
+            .values()
+            .map(|r| r.record().kind)
+            .filter(|k| k == "topics" || k == "generate_stories")
+            .collect();
+        assert!(cached.is_empty(), "run {attempt} cached {cached:?}");
     }
 }

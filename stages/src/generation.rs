@@ -146,6 +146,8 @@ pub struct Counts {
     pub dropped: u64,
     /// Requests that failed for good (retries spent, or refused).
     pub failed: u64,
+    /// Requests answered (from the backend or the journal).
+    pub answered: u64,
 }
 
 /// What to ask for one item: its id (which, with the attempt, seeds it),
@@ -402,6 +404,7 @@ impl Gen {
         };
         let result = self.journaled.generate_batch(&requests, &mut sink);
         self.counts.failed += sink.failed as u64;
+        self.counts.answered += sink.answered as u64;
         if sink.last_failure.is_some() {
             self.last_failure = sink.last_failure.take();
         }
@@ -485,8 +488,24 @@ impl Gen {
         line
     }
 
-    /// Fails when too few items survived.
+    /// Fails when requests failed and none was answered: `min_yield`
+    /// tolerates poor answers, not an unreachable backend, whose empty
+    /// result must not be cached as if it were one.
+    pub fn check_answered(&self) -> Result<(), StageError> {
+        let c = self.counts;
+        if c.failed > 0 && c.answered == 0 {
+            let why = self.last_failure.as_deref().unwrap_or("unknown");
+            return Err(StageError::Other(format!(
+                "none of {} requests was answered; the last failure: {why}",
+                c.failed
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails when no request was answered, or too few items survived.
     pub fn check_yield(&self, ctx: &Context<'_>) -> Result<(), StageError> {
+        self.check_answered()?;
         let min = ctx.params.float("min_yield").unwrap_or(0.5);
         let c = self.counts;
         if c.asked > 0 && (c.got as f64) < min * c.asked as f64 {

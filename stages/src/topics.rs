@@ -180,6 +180,7 @@ impl Stage for Topics {
             pool.len(),
             gen.progress_line()
         ));
+        gen.check_answered()?;
         if pool.len() < count {
             let min = ctx.params.float("min_yield").unwrap_or(0.5);
             if (pool.len() as f64) < min * count as f64 {
