@@ -33,6 +33,10 @@ pub struct Dirs {
     /// Local models folder, searched before the Hugging Face cache and hub
     #[arg(long, global = true, env = "FLOW_MODELS_DIR", value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Publish results here instead of the manifest's `results` folder (which must stay
+    /// inside the project); the one way to publish to an absolute path
+    #[arg(long, global = true, env = "FLOW_RESULTS_DIR", value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +92,9 @@ pub struct StatusArgs {
     /// Machine-readable output (schema: docs/status.md)
     #[arg(long)]
     pub json: bool,
+    /// Rehash every cached output the plan uses instead of trusting its size and mtime
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]

@@ -67,12 +67,24 @@ fn load(registry: &Registry, args: &ManifestArgs) -> Result<Loaded<(Manifest, fl
     }
 }
 
-fn open_cache(dirs: &Dirs, root: &Path) -> Result<Cache> {
+/// How a command uses the cache: `status` and `show` only read it, so they work on a
+/// read-only or full disk and never race gc over the files they would write.
+#[derive(Clone, Copy)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+fn open_cache(dirs: &Dirs, root: &Path, access: Access) -> Result<Cache> {
     let dir = dirs
         .cache_dir
         .clone()
         .unwrap_or_else(|| default_cache_dir(root));
-    Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))
+    let cache = match access {
+        Access::ReadWrite => Cache::open(&dir),
+        Access::ReadOnly => Cache::open_read_only(&dir),
+    };
+    cache.with_context(|| format!("opening the cache at {}", dir.display()))
 }
 
 fn env(dirs: &Dirs, manifest: &Manifest, cache: &Cache) -> Env {
@@ -89,21 +101,30 @@ fn env(dirs: &Dirs, manifest: &Manifest, cache: &Cache) -> Env {
 }
 
 macro_rules! session {
-    ($registry:expr, $dirs:expr, $args:expr, $manifest:ident, $cache:ident, $session:ident) => {
+    ($registry:expr, $dirs:expr, $args:expr, $access:expr, $manifest:ident, $cache:ident, $session:ident) => {
         let (manifest_, plan_) = match load($registry, $args)? {
             Loaded::Ok(x) => x,
             Loaded::Invalid => return Ok(ExitCode::from(EXIT_USAGE)),
         };
         let $manifest = manifest_;
         let root = project_root(&$manifest.path);
-        let $cache = open_cache($dirs, &root)?;
+        let $cache = open_cache($dirs, &root, $access)?;
         let env = env($dirs, &$manifest, &$cache);
-        let $session = Session::new(&$manifest, plan_, $registry, &$cache, env, root);
+        let mut $session = Session::new(&$manifest, plan_, $registry, &$cache, env, root);
+        $session.results_override = $dirs.results_dir.clone();
     };
 }
 
 fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
-    session!(registry, dirs, &args.manifest, manifest, cache, session);
+    session!(
+        registry,
+        dirs,
+        &args.manifest,
+        Access::ReadWrite,
+        manifest,
+        cache,
+        session
+    );
     let cancel = CancelToken::default();
     {
         let cancel = cancel.clone();
@@ -160,6 +181,9 @@ fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
     for (name, err) in &report.failed {
         eprintln!("error: stage `{name}` failed: {err}");
     }
+    for problem in &report.problems {
+        eprintln!("error: {problem}");
+    }
     if !report.skipped.is_empty() && !report.cancelled {
         eprintln!("skipped (an input failed): {}", report.skipped.join(", "));
     }
@@ -167,14 +191,23 @@ fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
         eprintln!("interrupted: finished stages are cached; run again to continue");
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    if !report.failed.is_empty() {
+    if !report.failed.is_empty() || !report.problems.is_empty() {
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn status(registry: &Registry, dirs: &Dirs, args: StatusArgs) -> Result<ExitCode> {
-    session!(registry, dirs, &args.manifest, manifest, cache, session);
+    session!(
+        registry,
+        dirs,
+        &args.manifest,
+        Access::ReadOnly,
+        manifest,
+        cache,
+        session
+    );
+    session.verify = args.verify;
     let (rows, _) = evaluate(&session);
     cache.flush()?;
     if args.json {
@@ -209,7 +242,7 @@ fn status(registry: &Registry, dirs: &Dirs, args: StatusArgs) -> Result<ExitCode
     if results.is_dir() {
         println!("results in {}:", results.display());
         let mut files = Vec::new();
-        list_files(&results, &mut files);
+        flow_engine::publish::list_files(&results, &mut files);
         files.sort();
         for f in files {
             println!("  {}", f.strip_prefix(&results).unwrap_or(&f).display());
@@ -218,22 +251,16 @@ fn status(registry: &Registry, dirs: &Dirs, args: StatusArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            list_files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 fn show(registry: &Registry, dirs: &Dirs, args: ShowArgs) -> Result<ExitCode> {
-    session!(registry, dirs, &args.manifest, manifest, cache, session);
+    session!(
+        registry,
+        dirs,
+        &args.manifest,
+        Access::ReadOnly,
+        manifest,
+        cache,
+        session
+    );
     let selected = session.plan.select(&args.stage);
     if selected.is_empty() {
         let names = session
@@ -400,8 +427,13 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let cache =
-        Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    // A dry run opens read-only: it creates, locks and deletes nothing.
+    let cache = if args.dry_run {
+        Cache::open_read_only(&dir)
+    } else {
+        Cache::open(&dir)
+    }
+    .with_context(|| format!("opening the cache at {}", dir.display()))?;
     let report = cache.gc(args.dry_run)?;
     println!(
         "{}{} records and {} objects ({:.1} MB), {} work folders; kept {} records, {} objects",
@@ -417,6 +449,27 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
         report.records_kept,
         report.objects_kept
     );
+    // The generation journals under `<cache>/journal`: only readable lines, the last
+    // answer per key (a journal open in a running `flow run` is left alone).
+    for (path, r) in flow_generate::Journal::compact_all(&dir.join("journal"), args.dry_run)? {
+        if r.busy {
+            println!("journal {}: in use, not compacted", path.display());
+            continue;
+        }
+        println!(
+            "journal {}: {}{} lines ({} unreadable, {} superseded); kept {} answers",
+            path.display(),
+            if args.dry_run {
+                "would drop "
+            } else {
+                "dropped "
+            },
+            r.dropped(),
+            r.skipped,
+            r.superseded,
+            r.kept
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -445,8 +498,12 @@ fn kinds(registry: &Registry, args: KindsArgs) -> Result<ExitCode> {
                     .map(|d| format!(" [default: {d}]"))
                     .unwrap_or_default();
                 let req = if p.required { " (required)" } else { "" };
+                let bounds = p
+                    .describe_bounds()
+                    .map(|b| format!(" [{b}]"))
+                    .unwrap_or_default();
                 println!(
-                    "  {:<16} {}{req}{default}\n  {:<16} {}",
+                    "  {:<16} {}{req}{default}{bounds}\n  {:<16} {}",
                     p.name,
                     p.ty.describe(),
                     "",

@@ -292,10 +292,10 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 fn a_manifest_runs_on_an_openai_compatible_server_and_reruns_from_the_journal() {
     let data = require_data!();
     if !python_server_available() {
-        eprintln!(
-            "\n\n*** SKIPPED e2e_http: `python3 -c \"import llama_cpp.server.app\"` fails; \
+        common::skip_or_fail(
+            "the llama.cpp server: `python3 -c \"import llama_cpp.server.app\"` fails; \
              install it with `python3 -m pip install 'llama-cpp-python[server]==0.3.36'` \
-             (.ci/run does) ***\n\n"
+             (.ci/run does)",
         );
         return;
     }

@@ -62,6 +62,19 @@ pub enum CacheError {
         expected: u32,
     },
 
+    /// A non-empty folder without flow's `VERSION` file was given as the cache.
+    #[error(
+        "{} is not a flow cache ({found}); flow refuses to use or clean it: \
+         point --cache-dir / FLOW_CACHE_DIR at an empty or new folder",
+        path.display()
+    )]
+    NotACache {
+        /// The folder.
+        path: PathBuf,
+        /// What is there instead.
+        found: String,
+    },
+
     /// Garbage collection was refused because a run holds the cache.
     #[error(
         "the cache is in use by a running `flow run` (it holds {}); run gc again when it has finished",

@@ -40,10 +40,15 @@ impl Cache {
     /// guessing. With `dry_run` nothing is deleted; the report says what would be.
     ///
     /// [`RunGuard`]: crate::RunGuard
+    ///
+    /// On a read-only handle ([`Cache::open_read_only`]) gc is always a dry run and takes no
+    /// lock, so it writes nothing at all.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, CacheError> {
-        let run_lock = self.lock_path(RUN_LOCK);
-        let Some(_exclusive) = lock::try_lock_exclusive(&run_lock)? else {
-            return Err(CacheError::Busy { path: run_lock });
+        let dry_run = dry_run || self.read_only;
+        let _exclusive = if self.read_only {
+            None
+        } else {
+            Some(self.lock_run_exclusive()?)
         };
         let mut gc = Sweep {
             cache: self,
@@ -59,6 +64,26 @@ impl Cache {
         gc.key_locks()?;
         tracing::info!(dry_run, report = ?gc.report, "gc finished");
         Ok(gc.report)
+    }
+}
+
+/// How long gc waits for the run lock before reporting the cache busy: long enough for a
+/// `flow status` to write its stat cache, far shorter than any run.
+const RUN_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Cache {
+    fn lock_run_exclusive(&self) -> Result<std::fs::File, CacheError> {
+        let run_lock = self.lock_path(RUN_LOCK);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(file) = lock::try_lock_exclusive(&run_lock)? {
+                return Ok(file);
+            }
+            if start.elapsed() > RUN_LOCK_PATIENCE {
+                return Err(CacheError::Busy { path: run_lock });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
@@ -114,8 +139,7 @@ impl Sweep<'_> {
                 self.remove(&self.cache.lock_path(&format!("refs-{scope}.lock")))?;
                 continue;
             }
-            let keys = refs.instances.into_values();
-            roots.extend(keys.filter(|k| hash::is_valid_hash(k)));
+            roots.extend(refs.keys().filter(|k| hash::is_valid_hash(k)).cloned());
         }
         Ok(roots)
     }
@@ -249,6 +273,75 @@ mod tests {
     use crate::records::tests::record;
     use crate::test_util::cache;
     use crate::{Failure, ObjectState};
+
+    /// A stage that started (its key in `running`) keeps its work folder through gc, and so
+    /// does a key whose record a run wrote before it died (rooted in `instances` at once).
+    #[test]
+    fn keys_of_a_run_that_died_are_kept() {
+        let (dir, c) = cache();
+        let manifest = dir.path().join("flow.toml");
+        fs::write(&manifest, "").unwrap();
+        let scope = hash_bytes(b"scope");
+        let k_running = hash_bytes(b"running");
+        let k_done = hash_bytes(b"done");
+        let k_stray = hash_bytes(b"stray");
+        let o = c.put_bytes(b"out").unwrap();
+        c.write_record(&record(&k_done, &[("a", &o, 3)])).unwrap();
+        c.write_record(&record(&k_stray, &[("a", &o, 3)])).unwrap();
+        fs::write(c.work_dir(&k_running).unwrap().join("checkpoint"), b"ckpt").unwrap();
+        fs::write(c.work_dir(&k_stray).unwrap().join("checkpoint"), b"x").unwrap();
+        c.update_refs(&scope, |r| {
+            r.manifest = manifest.clone();
+            r.running.insert("train".into(), k_running.clone());
+            r.instances.insert("source".into(), k_done.clone());
+        })
+        .unwrap();
+        let report = c.gc(false).unwrap();
+        assert!(c
+            .root()
+            .join("work")
+            .join(&k_running)
+            .join("checkpoint")
+            .is_file());
+        assert!(matches!(c.read_record(&k_done), RecordState::Ok(_)));
+        assert_eq!(c.check_object(&o), ObjectState::Ok);
+        // What nothing roots still goes.
+        assert!(matches!(c.read_record(&k_stray), RecordState::Missing));
+        assert!(!c.root().join("work").join(&k_stray).exists());
+        assert_eq!((report.records_removed, report.work_dirs_removed), (1, 1));
+    }
+
+    /// `gc --dry-run` on a read-only handle creates, locks and deletes nothing.
+    #[test]
+    fn a_read_only_dry_run_writes_nothing() {
+        let (_dir, c) = cache();
+        let k = hash_bytes(b"k");
+        let o = c.put_bytes(b"o").unwrap();
+        c.write_record(&record(&k, &[("a", &o, 1)])).unwrap();
+        fs::write(c.root().join("tmp").join("leftover"), b"x").unwrap();
+        let before = tree(c.root());
+        let ro = Cache::open_read_only(c.root()).unwrap();
+        let report = ro.gc(false).unwrap();
+        assert_eq!(report.records_removed, 1, "it reports what it would remove");
+        assert_eq!(tree(c.root()), before);
+    }
+
+    /// Every path under `root` with its size and mtime.
+    fn tree(root: &std::path::Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                out.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
 
     struct World {
         _dir: tempfile::TempDir,

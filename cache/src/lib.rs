@@ -53,13 +53,18 @@ const SUBDIRS: [&str; 7] = [
 pub struct Cache {
     root: PathBuf,
     stat: stat_cache::StatCache,
+    /// Opened with [`Cache::open_read_only`]: nothing is written, not even the stat cache.
+    read_only: bool,
 }
 
 impl Cache {
     /// Opens (creating if missing) a cache rooted at `root`.
     ///
-    /// Fails with [`CacheError::Version`] if the folder holds a cache of another layout version.
+    /// Fails with [`CacheError::Version`] if the folder holds a cache of another layout
+    /// version, and with [`CacheError::NotACache`] if it is a non-empty folder that is not a
+    /// flow cache (so a mistyped `--cache-dir $HOME` never gets flow's layout, or a gc).
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
+        check_is_cache_or_empty(root)?;
         fsio::create_dir(root)?;
         // An absolute, symlink-free root makes every object path canonical by
         // construction, so verifying objects needs no path resolution.
@@ -69,7 +74,40 @@ impl Cache {
             fsio::create_dir(&root.join(dir))?;
         }
         let stat = stat_cache::StatCache::load(&root.join(stat_cache::FILE_NAME));
-        Ok(Cache { root, stat })
+        Ok(Cache {
+            root,
+            stat,
+            read_only: false,
+        })
+    }
+
+    /// Opens a cache for reading only (`flow status`, `flow gc --dry-run`): nothing is
+    /// created or written, so it works on a read-only or full file system. A missing folder
+    /// reads as an empty cache; a folder that is not a flow cache is refused as by
+    /// [`Cache::open`].
+    pub fn open_read_only(root: &Path) -> Result<Cache, CacheError> {
+        check_is_cache_or_empty(root)?;
+        let root = match std::fs::canonicalize(root) {
+            Ok(root) => {
+                check_version_read_only(&root)?;
+                root
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::path::absolute(root).map_err(CacheError::io("resolve", root))?
+            }
+            Err(e) => return Err(CacheError::io("resolve", root)(e)),
+        };
+        let stat = stat_cache::StatCache::load(&root.join(stat_cache::FILE_NAME));
+        Ok(Cache {
+            root,
+            stat,
+            read_only: true,
+        })
+    }
+
+    /// Whether this handle was opened with [`Cache::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The cache root folder.
@@ -83,6 +121,58 @@ impl Cache {
 
     fn tmp_dir(&self) -> PathBuf {
         self.dir("tmp")
+    }
+}
+
+/// Refuses a folder that exists, holds something, and has no `VERSION` file: it is not a
+/// flow cache, and creating the layout there (or collecting its `tmp/`) would touch a
+/// user's files.
+fn check_is_cache_or_empty(root: &Path) -> Result<(), CacheError> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(CacheError::NotACache {
+                path: root.to_path_buf(),
+                found: "it is a file".into(),
+            })
+        }
+        Err(e) => return Err(CacheError::io("list folder", root)(e)),
+    };
+    if root.join("VERSION").is_file() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+    Err(CacheError::NotACache {
+        path: root.to_path_buf(),
+        found: format!(
+            "it holds {}{} and no VERSION file",
+            shown.join(", "),
+            if names.len() > 3 { ", ..." } else { "" }
+        ),
+    })
+}
+
+/// [`check_version`] without writing: a folder with no VERSION yet is an empty cache.
+fn check_version_read_only(root: &Path) -> Result<(), CacheError> {
+    let path = root.join("VERSION");
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim() == LAYOUT_VERSION.to_string() => Ok(()),
+        Ok(text) => Err(CacheError::Version {
+            path,
+            found: text.trim().chars().take(40).collect(),
+            expected: LAYOUT_VERSION,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CacheError::io("read", path)(e)),
     }
 }
 
@@ -148,6 +238,89 @@ mod tests {
         assert!(err.to_string().contains("VERSION"), "{err}");
         // Nothing of the version-1 layout was created in the foreign cache.
         assert!(!dir.path().join("objects").exists());
+    }
+
+    /// A mistyped `--cache-dir $HOME` must not get flow's layout, nor a gc of `$HOME/tmp`.
+    #[test]
+    fn a_folder_that_is_not_a_cache_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp").join("precious"), b"mine").unwrap();
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        for err in [
+            Cache::open(dir.path()).unwrap_err(),
+            Cache::open_read_only(dir.path()).unwrap_err(),
+        ] {
+            assert!(matches!(err, CacheError::NotACache { .. }), "{err}");
+            assert!(err.to_string().contains("is not a flow cache"), "{err}");
+        }
+        assert!(!dir.path().join("objects").exists());
+        assert!(dir.path().join("tmp").join("precious").is_file());
+        // Empty or missing folders become caches.
+        let empty = dir.path().join("tmp").join("empty");
+        fs::create_dir(&empty).unwrap();
+        Cache::open(&empty).unwrap();
+        Cache::open(&dir.path().join("new")).unwrap();
+    }
+
+    /// A read-only handle works on a cache it cannot write, and on a missing folder.
+    #[test]
+    fn read_only_opens_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let ro = Cache::open_read_only(&missing).unwrap();
+        assert!(matches!(
+            ro.read_record(&hash_bytes(b"k")),
+            RecordState::Missing
+        ));
+        ro.flush().unwrap();
+        assert!(!missing.exists());
+
+        let c = Cache::open(&dir.path().join("c")).unwrap();
+        let f = dir.path().join("data");
+        fs::write(&f, b"data").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let ro = Cache::open_read_only(c.root()).unwrap();
+        ro.hash_file(&f).unwrap();
+        ro.flush().unwrap();
+        assert!(!c.root().join("stat-cache.json").exists());
+    }
+
+    /// `status` beside `gc`: the stat cache's write goes through `tmp/`, which gc empties;
+    /// while gc holds the cache the write is skipped instead of failing.
+    #[test]
+    fn flush_beside_gc_neither_fails() {
+        let (d, c) = test_util::cache();
+        let f = d.path().join("data");
+        fs::write(&f, b"data").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            let gc = s.spawn(|| {
+                for _ in 0..200 {
+                    c.gc(false).unwrap();
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            while !stop.load(Ordering::SeqCst) {
+                let other = Cache::open(c.root()).unwrap();
+                other.hash_file(&f).unwrap();
+                other.flush().unwrap();
+            }
+            gc.join().unwrap();
+        });
     }
 
     #[test]

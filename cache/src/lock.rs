@@ -98,6 +98,16 @@ pub(crate) fn try_lock_exclusive(path: &Path) -> Result<Option<File>, CacheError
     }
 }
 
+/// Tries to lock `path` shared without waiting: `Ok(None)` if someone holds it exclusively.
+pub(crate) fn try_lock_shared(path: &Path) -> Result<Option<File>, CacheError> {
+    let file = open_lock_file(path)?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(CacheError::io("lock", path)(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};

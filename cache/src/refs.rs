@@ -19,8 +19,20 @@ pub struct Refs {
     pub manifest: PathBuf,
     /// The profile, if any.
     pub profile: Option<String>,
-    /// Instance name -> key at its last run.
+    /// Instance name -> key at its last run. A run adds each instance the moment its
+    /// record is written, so gc keeps what a crashed run finished.
     pub instances: BTreeMap<String, Hash>,
+    /// Instance name -> key of a stage that was started and has not finished: its work
+    /// folder (checkpoints, partial generations) is kept by gc until the instance settles.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub running: BTreeMap<String, Hash>,
+}
+
+impl Refs {
+    /// Every key these refs keep alive.
+    pub fn keys(&self) -> impl Iterator<Item = &Hash> {
+        self.instances.values().chain(self.running.values())
+    }
 }
 
 impl Cache {

@@ -1,5 +1,8 @@
-//! Hashes of external files (data files, model weights), memoized by (path, size, mtime) in
-//! memory and in `stat-cache.json`, so planning a manifest does not rehash unchanged files.
+//! Hashes of external files (data files, model weights), memoized by (path, size, mtime,
+//! inode, ctime) in memory and in `stat-cache.json`, so planning a manifest does not rehash
+//! unchanged files. The ctime is what catches an edit in place that restores size and mtime
+//! (`touch -d` sets the mtime but moves the ctime); the inode catches a file replaced by
+//! another.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
@@ -15,7 +18,7 @@ use crate::{lock, Cache, CacheError};
 
 /// File name of the persisted stat cache, under the cache root.
 pub(crate) const FILE_NAME: &str = "stat-cache.json";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// A file modified this recently may change again within the same mtime tick without its
 /// stamp changing, so its hash is not memoized (the "racy timestamp" problem).
@@ -29,6 +32,11 @@ const HASH_ATTEMPTS: usize = 3;
 struct Stamp {
     size: u64,
     mtime_ns: i128,
+    /// Unix: device and inode number; 0 elsewhere.
+    dev: u64,
+    ino: u64,
+    /// Unix: status-change time in ns; 0 elsewhere.
+    ctime_ns: i128,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,7 +156,18 @@ impl Cache {
 
     /// Writes the stat cache if anything was memoized since the last flush (atomically,
     /// merged with what other processes wrote meanwhile, dropping files that no longer exist).
+    ///
+    /// A read-only handle writes nothing. The write goes through `tmp/`, which gc empties
+    /// while it holds the run lock, so the flush holds the run lock shared; while gc holds
+    /// it the flush is skipped (the memo is only a cache, and is written next time).
     pub fn flush(&self) -> Result<(), CacheError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let Some(_not_during_gc) = lock::try_lock_shared(&self.lock_path(lock::RUN_LOCK))? else {
+            tracing::debug!("gc holds the cache: the stat cache is written next time");
+            return Ok(());
+        };
         let ours: Vec<(String, Entry)> = {
             let state = self.stat.state();
             if !state.dirty {
@@ -181,10 +200,26 @@ fn stamp(meta: &Metadata) -> Option<Stamp> {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
     };
+    let (dev, ino, ctime_ns) = identity(meta);
     Some(Stamp {
         size: meta.len(),
         mtime_ns,
+        dev,
+        ino,
+        ctime_ns,
     })
+}
+
+#[cfg(unix)]
+fn identity(meta: &Metadata) -> (u64, u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    let ctime_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+    (meta.dev(), meta.ino(), ctime_ns)
+}
+
+#[cfg(not(unix))]
+fn identity(_meta: &Metadata) -> (u64, u64, i128) {
+    (0, 0, 0)
 }
 
 /// True when the file was last modified long enough ago that its stamp can be trusted.
@@ -224,17 +259,51 @@ mod tests {
             .unwrap();
     }
 
+    /// The memo entry for `f`, if any.
+    fn memo(c: &Cache, f: &Path) -> Option<Entry> {
+        let canonical = fs::canonicalize(f).unwrap();
+        c.stat.state().entries.get(&canonical).cloned()
+    }
+
     #[test]
-    fn memo_is_used_while_size_and_mtime_are_unchanged() {
+    fn memo_is_used_while_the_file_is_unchanged() {
+        let (d, c) = cache();
+        let f = d.path().join("data.txt");
+        write_dated(&f, b"aaaa", 100);
+        assert_eq!(c.hash_file(&f).unwrap(), hash_bytes(b"aaaa"));
+        let entry = memo(&c, &f).expect("a settled file is memoized");
+        // A forged entry for the same stamp answers: proof the memo is consulted.
+        let forged = hash_bytes(b"forged");
+        c.stat.state().entries.insert(
+            fs::canonicalize(&f).unwrap(),
+            Entry {
+                stamp: entry.stamp,
+                hash: forged.clone(),
+            },
+        );
+        assert_eq!(c.hash_file(&f).unwrap(), forged);
+    }
+
+    /// An edit in place that restores size and mtime (a byte flipped, `touch -d`) moves the
+    /// ctime, so the file is rehashed instead of reported unchanged.
+    #[test]
+    fn an_edit_keeping_size_and_mtime_is_still_seen() {
         let (d, c) = cache();
         let f = d.path().join("data.txt");
         write_dated(&f, b"aaaa", 100);
         let mtime = fs::metadata(&f).unwrap().modified().unwrap();
         assert_eq!(c.hash_file(&f).unwrap(), hash_bytes(b"aaaa"));
-        // Same size, same mtime, different bytes: the memo answers (proving it is used).
+        // ctime has a nanosecond clock, but let it move visibly on coarse file systems too.
+        thread::sleep(Duration::from_millis(20));
         fs::write(&f, b"bbbb").unwrap();
         set_mtime(&f, mtime);
-        assert_eq!(c.hash_file(&f).unwrap(), hash_bytes(b"aaaa"));
+        assert_eq!(c.hash_file(&f).unwrap(), hash_bytes(b"bbbb"));
+        // A new file (new inode) in its place with the old stamp is seen too.
+        let g = d.path().join("other.txt");
+        write_dated(&g, b"cccc", 100);
+        set_mtime(&g, mtime);
+        fs::rename(&g, &f).unwrap();
+        assert_eq!(c.hash_file(&f).unwrap(), hash_bytes(b"cccc"));
     }
 
     #[test]
@@ -281,9 +350,9 @@ mod tests {
         c.flush().unwrap();
         assert!(stat_file.exists());
 
-        fs::write(&f, b"WEIGHTS").unwrap();
-        set_mtime(&f, mtime);
+        let _ = mtime;
         let reopened = Cache::open(c.root()).unwrap();
+        assert!(memo(&reopened, &f).is_some(), "the memo was read back");
         assert_eq!(reopened.hash_file(&f).unwrap(), hash_bytes(b"weights"));
 
         // Entries of deleted files are dropped at the next flush.

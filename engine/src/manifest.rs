@@ -69,6 +69,8 @@ pub struct Manifest {
     pub seed: u64,
     pub results: String,
     pub description: Option<String>,
+    /// `[flow] max_instances`: planning refuses a manifest that fans out to more.
+    pub max_instances: usize,
     pub profiles: BTreeMap<String, Vec<Override>>,
     pub models: BTreeMap<String, Resource>,
     pub generators: BTreeMap<String, Resource>,
@@ -90,7 +92,36 @@ pub enum LoadError {
 }
 
 const TOP_KEYS: &[&str] = &["flow", "profile", "models", "generators", "stages"];
-const FLOW_KEYS: &[&str] = &["name", "seed", "results", "description"];
+const FLOW_KEYS: &[&str] = &["name", "seed", "results", "description", "max_instances"];
+
+/// The default of `[flow] max_instances`: far above any figure of the paper (hundreds of
+/// instances), far below what exhausts memory while planning.
+pub const DEFAULT_MAX_INSTANCES: usize = 100_000;
+
+/// Why a `results` folder is refused: it must stay inside the project folder (an absolute
+/// folder is given on the command line, `--results-dir`, where the user asks for it).
+pub fn check_results_path(s: &str) -> Option<String> {
+    let path = Path::new(s);
+    if path.is_absolute() || s.starts_with('/') || s.starts_with('\\') {
+        return Some(format!(
+            "`{s}` is an absolute path; results stay inside the project folder \
+             (use `--results-dir` / FLOW_RESULTS_DIR to publish elsewhere)"
+        ));
+    }
+    if path.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::Prefix(_)
+        )
+    }) || s.split(['/', '\\']).any(|part| part == "..")
+    {
+        return Some(format!(
+            "`{s}` leaves the project folder (`..`); results stay inside it \
+             (use `--results-dir` / FLOW_RESULTS_DIR to publish elsewhere)"
+        ));
+    }
+    None
+}
 /// Keys every stage accepts besides its kind's parameters.
 const STAGE_COMMON: &[&str] = &["kind", "seed"];
 
@@ -174,6 +205,7 @@ impl<'r, 'd> Loader<'r, 'd> {
             seed: 0,
             results: String::new(),
             description: None,
+            max_instances: DEFAULT_MAX_INSTANCES,
             profiles: BTreeMap::new(),
             models: BTreeMap::new(),
             generators: BTreeMap::new(),
@@ -275,8 +307,20 @@ impl<'r, 'd> Loader<'r, 'd> {
                     }
                 }
                 "results" => match &v.value {
-                    Value::Str(s) if !s.trim().is_empty() => m.results = s.clone(),
+                    Value::Str(s) if !s.trim().is_empty() => match check_results_path(s) {
+                        None => m.results = s.clone(),
+                        Some(problem) => self.err(Diagnostic::new(&path, v.span.clone(), problem)),
+                    },
                     other => self.err(type_error(&path, v.span.clone(), "a folder path", other)),
+                },
+                "max_instances" => match &v.value {
+                    Value::Int(n) if *n >= 1 => m.max_instances = *n as usize,
+                    other => self.err(type_error(
+                        &path,
+                        v.span.clone(),
+                        "a positive integer",
+                        other,
+                    )),
                 },
                 "description" => match &v.value {
                     Value::Str(s) => m.description = Some(s.clone()),
@@ -560,11 +604,15 @@ impl<'r, 'd> Loader<'r, 'd> {
                 "seed" if field.is_empty() => {
                     self.seed(&key, &v);
                 }
-                "results" | "description" if field.is_empty() => {
-                    if !matches!(v.value, Value::Str(_)) {
-                        self.err(type_error(&key, v.span.clone(), "a string", &v.value));
+                "results" | "description" if field.is_empty() => match &v.value {
+                    Value::Str(s) if param == "results" => {
+                        if let Some(problem) = check_results_path(s) {
+                            self.err(Diagnostic::new(&key, v.span.clone(), problem));
+                        }
                     }
-                }
+                    Value::Str(_) => {}
+                    other => self.err(type_error(&key, v.span.clone(), "a string", other)),
+                },
                 _ => {
                     self.err(
                         Diagnostic::new(
@@ -717,9 +765,13 @@ impl<'r, 'd> Loader<'r, 'd> {
                     self.err(d);
                 }
             }
-            let mut seen = Vec::new();
+            // By canonical encoding: values are not Hash (floats), and a linear scan per
+            // item made a 100k-value list take seconds.
+            let mut seen = std::collections::HashSet::new();
             for (i, item) in items.iter().enumerate() {
-                if seen.contains(&item) {
+                let mut encoded = Vec::new();
+                item.encode_canonical(&mut encoded);
+                if !seen.insert(encoded) {
                     let span = v.item_spans.get(i).cloned().unwrap_or(v.span.clone());
                     self.err(Diagnostic::new(
                         key,
@@ -727,7 +779,6 @@ impl<'r, 'd> Loader<'r, 'd> {
                         format!("`{item}` appears twice in the fan-out"),
                     ));
                 }
-                seen.push(item);
             }
             return v;
         }
@@ -1089,4 +1140,63 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    /// The rendered errors of `text` (with a stage added when it has none).
+    fn errors(text: &str) -> String {
+        let mut text = text.to_string();
+        if !text.contains("[stages.") {
+            text.push_str("[stages.s]\nkind = \"src\"\n");
+        }
+        match Manifest::parse(Path::new("t.toml"), text, &testkit::registry()) {
+            Ok(_) => String::new(),
+            Err(LoadError::Invalid(e)) => e.render(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn results_stay_inside_the_project() {
+        for bad in ["../../x", "/tmp/x", "a/../../b", "results/.."] {
+            let err = errors(&format!("[flow]\nname = \"t\"\nresults = \"{bad}\"\n"));
+            assert!(err.contains("flow.results"), "{bad}: {err}");
+            assert!(err.contains("--results-dir"), "{bad}: {err}");
+            let err = errors(&format!(
+                "[flow]\nname = \"t\"\n[stages.s]\nkind = \"src\"\n\
+                 [profile.p]\n\"flow.results\" = \"{bad}\"\n"
+            ));
+            assert!(err.contains("--results-dir"), "profile {bad}: {err}");
+        }
+        for good in ["results", "out/figs", ".", "a/./b"] {
+            let err = errors(&format!("[flow]\nname = \"t\"\nresults = \"{good}\"\n"));
+            assert!(err.is_empty(), "{good}: {err}");
+        }
+    }
+
+    #[test]
+    fn numbers_past_their_bounds_are_refused_where_they_are_written() {
+        let err =
+            errors("[flow]\nname = \"t\"\n[stages.s]\nkind = \"src\"\nn = 9223372036854775807\n");
+        assert!(err.contains("stages.s.n"), "{err}");
+        assert!(err.contains("4294967295"), "{err}");
+        let err = errors("[flow]\nname = \"t\"\nmax_instances = 0\n");
+        assert!(err.contains("max_instances"), "{err}");
+    }
+
+    /// A 100k-value fan-out is checked for duplicates in linear time (it took seconds).
+    #[test]
+    fn duplicate_fan_out_values_are_found_in_long_lists() {
+        let mut items: Vec<String> = (1..=100_000).map(|i| i.to_string()).collect();
+        items.push("77".into());
+        let err = errors(&format!(
+            "[flow]\nname = \"t\"\nmax_instances = 200000\n[stages.s]\nkind = \"src\"\nn = [{}]\n",
+            items.join(", ")
+        ));
+        assert!(err.contains("`77` appears twice"), "{err}");
+    }
 }

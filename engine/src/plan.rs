@@ -7,7 +7,7 @@
 //! `mix@ratio=0.4` instead of forming a product. A gathering parameter takes
 //! every upstream instance that agrees with the instance's own axes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use petgraph::algo::toposort;
@@ -207,7 +207,7 @@ pub fn plan(
                 _ => continue,
             };
             let mut next = Vec::new();
-            for p in &partials {
+            'join: for p in &partials {
                 for source in &sources {
                     let mut base = p.clone();
                     if fanned {
@@ -227,11 +227,18 @@ pub fn plan(
                             q.bindings = merged;
                             q.inputs.insert(spec.name.to_string(), vec![u]);
                             next.push(q);
+                            if instances.len() + next.len() > m.max_instances {
+                                break 'join;
+                            }
                         }
                     }
                 }
             }
             partials = next;
+            if instances.len() + partials.len() > m.max_instances {
+                diags.push(too_many(m, &decl.name, spec.name, located.span.clone()));
+                return Err(m.errors(diags));
+            }
         }
 
         // The stage's own list-valued parameters: product of their values.
@@ -245,6 +252,17 @@ pub fn plan(
             let Value::List(items) = &located.value else {
                 continue;
             };
+            // Checked before the product is built: a 1e7-instance product must not
+            // exhaust memory before it is refused.
+            if partials
+                .len()
+                .saturating_mul(items.len())
+                .saturating_add(instances.len())
+                > m.max_instances
+            {
+                diags.push(too_many(m, &decl.name, spec.name, located.span.clone()));
+                return Err(m.errors(diags));
+            }
             let axis = Axis {
                 stage: decl.name.clone(),
                 param: spec.name.to_string(),
@@ -329,6 +347,25 @@ pub fn plan(
             });
         }
         by_stage.insert(decl.name.clone(), ids);
+    }
+    // Names identify instances in refs, `--stage` and results folders: two instances with
+    // one name would overwrite each other's results.
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(instances.len());
+    for (i, inst) in instances.iter().enumerate() {
+        if let Some(&first) = names.get(inst.name.as_str()) {
+            let span = m.stage(&inst.stage).map(|d| d.span.clone()).unwrap_or(0..0);
+            diags.push(Diagnostic::new(
+                format!("stages.{}", inst.stage),
+                span,
+                format!(
+                    "two instances have the name `{}` (of stage `{}` and `{}`); their \
+                     fan-out values must differ in how they print",
+                    inst.name, instances[first].stage, inst.stage
+                ),
+            ));
+        } else {
+            names.insert(&inst.name, i);
+        }
     }
     if !diags.is_empty() {
         return Err(m.errors(diags));
@@ -487,6 +524,21 @@ fn resource_values(
         .collect()
 }
 
+fn too_many(m: &Manifest, stage: &str, param: &str, span: Range<usize>) -> Diagnostic {
+    Diagnostic::new(
+        format!("stages.{stage}.{param}"),
+        span,
+        format!(
+            "stage `{stage}` fans out past {} instances in all at `{param}`",
+            m.max_instances
+        ),
+    )
+    .with_help(format!(
+        "raise the limit with `[flow] max_instances = N` if this is intended (default {})",
+        crate::manifest::DEFAULT_MAX_INSTANCES
+    ))
+}
+
 /// Labels bindings by parameter name, qualified by stage only when two axes
 /// of one instance share a parameter name.
 fn label_bindings(bindings: &[Binding]) -> Vec<(String, Value)> {
@@ -514,7 +566,7 @@ fn instance_name(stage: &str, bindings: &[Binding]) -> String {
     }
     let parts: Vec<String> = label_bindings(bindings)
         .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{k}={}", v.name_part()))
         .collect();
     format!("{stage}@{}", parts.join(","))
 }
@@ -558,6 +610,76 @@ mod tests {
         );
         assert_eq!(p.instances[3].params.int("n"), Some(2));
         assert_eq!(p.instances[3].params.str("task"), Some("b"));
+    }
+
+    /// Values holding `,` `=` `/` gave two instances one name (and one results folder).
+    #[test]
+    fn instance_names_and_folders_are_injective() {
+        let m = load(&format!(
+            "{BASE}[stages.s]\nkind = \"src\"\ntitle = [\"a,y_label=b\", \"a\"]\n\
+             y_label = [\"c\", \"b,y_label=c\"]\n\
+             [stages.p]\nkind = \"src\"\ntitle = [\"x/y\", \"x_y\", \"..\", \"%2F\"]\n"
+        ));
+        let p = plan(&m, &testkit::registry(), None).unwrap();
+        assert_eq!(p.instances.len(), 8);
+        let names: std::collections::HashSet<&str> =
+            p.instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names.len(), 8, "{:?}", super::tests::names(&p));
+        let folders: std::collections::HashSet<std::path::PathBuf> = p
+            .instances
+            .iter()
+            .map(|i| crate::publish::instance_folder(&i.stage, &i.name))
+            .collect();
+        assert_eq!(folders.len(), 8);
+        for f in &folders {
+            // One folder per instance inside its stage's folder: nothing climbs out.
+            assert_eq!(f.components().count(), 2, "{}", f.display());
+            assert!(
+                !f.components().any(|c| c.as_os_str() == ".."),
+                "{}",
+                f.display()
+            );
+        }
+        assert!(names.contains("p@title=x%2Fy"));
+        assert!(names.contains("p@title=%252F"));
+    }
+
+    /// A fan-out past the limit is refused at the parameter that crosses it, before the
+    /// product is built (1e7 instances used to abort on allocation).
+    #[test]
+    fn plans_past_the_instance_limit_are_refused_with_a_located_error() {
+        let list = |n: usize| {
+            let items: Vec<String> = (0..n).map(|i| format!("\"v{i}\"")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let ns: Vec<String> = (1..=216).map(|i| i.to_string()).collect();
+        let m = load(&format!(
+            "{BASE}[stages.s]\nkind = \"src\"\nn = [{}]\ntitle = {}\ny_label = {}\n",
+            ns.join(", "),
+            list(216),
+            list(216)
+        ));
+        let err = plan(&m, &testkit::registry(), None).unwrap_err().render();
+        assert!(err.contains("fans out past 100000 instances"), "{err}");
+        assert!(err.contains("max_instances"), "{err}");
+
+        let m = load(
+            "[flow]\nname = \"t\"\nmax_instances = 5\n[stages.s]\nkind = \"src\"\n\
+             n = [1, 2, 3]\ntitle = [\"a\", \"b\"]\n",
+        );
+        let err = plan(&m, &testkit::registry(), None).unwrap_err().render();
+        assert!(err.contains("stages.s.title"), "{err}");
+        let m = load(
+            "[flow]\nname = \"t\"\nmax_instances = 6\n[stages.s]\nkind = \"src\"\n\
+             n = [1, 2, 3]\ntitle = [\"a\", \"b\"]\n",
+        );
+        assert_eq!(
+            plan(&m, &testkit::registry(), None)
+                .unwrap()
+                .instances
+                .len(),
+            6
+        );
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! Copies published outputs (tables, figures) and a metrics summary into the
 //! manifest's results folder, rewriting only files whose content changed.
+//!
+//! The results folder may hold a user's own files (`results = "."`), so flow
+//! keeps a ledger of what it published there (`.flow-published.json`) and
+//! never overwrites a file it did not write itself. Every copy is verified
+//! against the object's hash while it is made: a damaged cache object is
+//! never published.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use flow_cache::{CacheError, Record};
+use flow_cache::Record;
+use serde::{Deserialize, Serialize};
 
 use crate::session::Session;
 
@@ -12,12 +20,73 @@ use crate::session::Session;
 /// publish removes them.
 const TMP_PREFIX: &str = ".flow-tmp-";
 
+/// What flow published into a results folder: relative path -> blake3 of its content.
+pub const LEDGER: &str = ".flow-published.json";
+
+/// Why publishing stopped. What was computed stays cached either way.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot publish results to {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to overwrite {}: flow did not publish it (a file of yours?); \
+         move it away, or set another `results` folder",
+        path.display()
+    )]
+    NotOurs { path: PathBuf },
+    #[error(
+        "the cached output behind {} is corrupt (its content no longer matches hash {hash}); \
+         the object was removed: run again to recompute it",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, hash: String },
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Ledger {
+    files: BTreeMap<String, String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Publishes the outputs and metrics of `done`. `metrics.json` keeps the
+/// entries of instances this run did not touch (a `--stage` run or a Ctrl-C
+/// does not shrink it) and drops those no longer in the plan.
 pub fn publish(
     session: &Session<'_>,
     done: &BTreeMap<usize, &Record>,
-) -> Result<Vec<PathBuf>, CacheError> {
+) -> Result<Vec<PathBuf>, PublishError> {
     let root = session.results_dir();
     remove_leftovers(&root);
+    let ledger_path = root.join(LEDGER);
+    let mut ledger: Ledger = std::fs::read(&ledger_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let result = publish_into(session, done, &root, &mut ledger);
+    // The ledger is written even when a file failed, so what was published is known.
+    if !ledger.files.is_empty() {
+        let text = serde_json::to_vec_pretty(&ledger).unwrap_or_default();
+        write_atomic(&ledger_path, &text)?;
+    }
+    result
+}
+
+fn publish_into(
+    session: &Session<'_>,
+    done: &BTreeMap<usize, &Record>,
+    root: &Path,
+    ledger: &mut Ledger,
+) -> Result<Vec<PathBuf>, PublishError> {
     let mut written = Vec::new();
     let mut metrics = serde_json::Map::new();
     for (&i, record) in done {
@@ -29,25 +98,49 @@ pub fn publish(
             );
         }
         for (name, out) in record.outputs.iter().filter(|(_, o)| o.publish) {
-            let dest = root
-                .join(instance_folder(&inst.stage, &inst.name))
-                .join(name);
+            let rel = instance_folder(&inst.stage, &inst.name).join(name);
             let src = session.cache.object_path(&out.hash);
-            copy_if_changed(&src, &dest, &out.hash)?;
+            let dest = root.join(&rel);
+            match copy_if_changed(&src, &dest, &rel, &out.hash, ledger) {
+                Err(PublishError::Corrupt { path, hash }) => {
+                    let _ = session.cache.remove_object(&hash);
+                    return Err(PublishError::Corrupt { path, hash });
+                }
+                other => other?,
+            }
             written.push(dest);
+        }
+    }
+    let dest = root.join("metrics.json");
+    let in_plan: HashSet<&str> = session
+        .plan
+        .instances
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    if owned(&dest, Path::new("metrics.json"), ledger) {
+        let previous: serde_json::Map<String, serde_json::Value> = std::fs::read(&dest)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for (name, value) in previous {
+            if in_plan.contains(name.as_str()) && !metrics.contains_key(&name) {
+                metrics.insert(name, value);
+            }
         }
     }
     if !metrics.is_empty() {
         let text =
             serde_json::to_string_pretty(&serde_json::Value::Object(metrics)).unwrap_or_default();
-        let dest = root.join("metrics.json");
-        write_if_changed(&dest, text.as_bytes())?;
+        write_if_changed(&dest, Path::new("metrics.json"), text.as_bytes(), ledger)?;
         written.push(dest);
     }
     Ok(written)
 }
 
-/// `table` -> `table/`; `table@model=d6` -> `table/model=d6/`.
+/// `table` -> `table/`; `table@model=d6` -> `table/model=d6/`. Instance
+/// names escape path separators (see `Value::name_part`), so this is one
+/// folder per instance, inside the stage's folder.
 pub fn instance_folder(stage: &str, instance: &str) -> PathBuf {
     match instance.split_once('@') {
         None => PathBuf::from(stage),
@@ -55,54 +148,97 @@ pub fn instance_folder(stage: &str, instance: &str) -> PathBuf {
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> CacheError {
-    CacheError::Io {
-        action: "publish results",
-        path: path.to_path_buf(),
-        source,
-    }
+fn ledger_key(rel: &Path) -> String {
+    rel.to_string_lossy().replace('\\', "/")
 }
 
-fn copy_if_changed(src: &Path, dest: &Path, hash: &str) -> Result<(), CacheError> {
-    if let Ok(bytes) = std::fs::read(dest) {
-        if blake3::hash(&bytes).to_hex().as_str() == hash {
-            return Ok(());
+/// Whether flow may write `dest`: it does not exist, or flow published it.
+fn owned(dest: &Path, rel: &Path, ledger: &Ledger) -> bool {
+    ledger.files.contains_key(&ledger_key(rel)) || std::fs::symlink_metadata(dest).is_err()
+}
+
+fn copy_if_changed(
+    src: &Path,
+    dest: &Path,
+    rel: &Path,
+    hash: &str,
+    ledger: &mut Ledger,
+) -> Result<(), PublishError> {
+    let bytes = std::fs::read(src).map_err(io(src))?;
+    if blake3::hash(&bytes).to_hex().as_str() != hash {
+        return Err(PublishError::Corrupt {
+            path: dest.to_path_buf(),
+            hash: hash.to_string(),
+        });
+    }
+    write_if_changed(dest, rel, &bytes, ledger)
+}
+
+fn write_if_changed(
+    dest: &Path,
+    rel: &Path,
+    bytes: &[u8],
+    ledger: &mut Ledger,
+) -> Result<(), PublishError> {
+    let key = ledger_key(rel);
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let same = std::fs::read(dest).is_ok_and(|old| old == bytes);
+    if !same {
+        if !owned(dest, rel, ledger) {
+            return Err(PublishError::NotOurs {
+                path: dest.to_path_buf(),
+            });
         }
+        write_atomic(dest, bytes)?;
     }
-    let bytes = std::fs::read(src).map_err(|e| io(src, e))?;
-    write_atomic(dest, &bytes)
+    // An identical file is adopted: flow would have written exactly it.
+    ledger.files.insert(key, hash);
+    Ok(())
 }
 
-fn write_if_changed(dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    if std::fs::read(dest).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    write_atomic(dest, bytes)
-}
-
-fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), PublishError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, dest).map_err(io(dest))
 }
 
-/// Deletes temporary files a killed run left in the results folder.
+/// Deletes temporary files a killed run left in the results folder. Symlinked
+/// folders are not followed: a link loop must not hang the walk, and a link
+/// out of the folder must not reach someone else's files.
 fn remove_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            remove_leftovers(&path);
-        } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-            let _ = std::fs::remove_file(&path);
+        let Ok(ty) = entry.file_type() else { continue };
+        if ty.is_dir() {
+            remove_leftovers(&entry.path());
+        } else if ty.is_file() && entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Every file under `dir`, without following symlinked folders; for `flow status`.
+pub fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ty) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        if ty.is_dir() {
+            list_files(&entry.path(), out);
+        } else if name != LEDGER {
+            out.push(entry.path());
         }
     }
 }

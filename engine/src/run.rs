@@ -46,11 +46,17 @@ pub struct RunReport {
     pub planned: Vec<(String, String)>,
     pub cancelled: bool,
     pub published: Vec<std::path::PathBuf>,
+    /// What went wrong after the stages ran (recording keys, publishing results); what
+    /// the stages computed is cached regardless.
+    pub problems: Vec<String>,
 }
 
 impl RunReport {
     pub fn success(&self) -> bool {
-        self.failed.is_empty() && !self.cancelled && self.skipped.is_empty()
+        self.failed.is_empty()
+            && !self.cancelled
+            && self.skipped.is_empty()
+            && self.problems.is_empty()
     }
 }
 
@@ -278,35 +284,54 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             _ => None,
         })
         .collect();
-    let manifest_path =
-        std::fs::canonicalize(&session.manifest.path).unwrap_or(session.manifest.path.clone());
     // Refs name each instance's latest key; instances no longer in the
-    // manifest drop out, so gc can collect them.
+    // manifest drop out, so gc can collect them. (Each finished instance was
+    // already rooted when its record was written; this settles the rest.)
     let names: std::collections::HashSet<&str> =
         plan.instances.iter().map(|i| i.name.as_str()).collect();
     let update = |refs: &mut flow_cache::Refs| {
-        refs.manifest = manifest_path.clone();
-        refs.profile = plan.profile.clone();
+        set_scope(session, refs);
         refs.instances
             .retain(|name, _| names.contains(name.as_str()));
+        refs.running.retain(|name, _| names.contains(name.as_str()));
         for (&i, r) in &done {
-            refs.instances
-                .insert(plan.instances[i].name.clone(), r.key.clone());
+            let name = &plan.instances[i].name;
+            refs.instances.insert(name.clone(), r.key.clone());
+            refs.running.remove(name);
         }
         for &(i, key) in &failed_keys {
-            refs.instances
-                .insert(plan.instances[i].name.clone(), key.clone());
+            let name = &plan.instances[i].name;
+            refs.instances.insert(name.clone(), key.clone());
+            refs.running.remove(name);
         }
     };
+    // What finished is cached whatever happens below (a full disk, say): these
+    // problems are reported beside the run's summary, not instead of it.
     let current = session.cache.read_refs(&session.scope);
     let mut wanted = current.clone();
     update(&mut wanted);
     if wanted != current {
-        session.cache.update_refs(&session.scope, update)?;
+        if let Err(e) = session.cache.update_refs(&session.scope, update) {
+            report
+                .problems
+                .push(format!("recording this run's keys: {e}"));
+        }
     }
-    report.published = publish(session, &done).map_err(RunError::Cache)?;
-    session.cache.flush()?;
+    match publish(session, &done) {
+        Ok(published) => report.published = published,
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    if let Err(e) = session.cache.flush() {
+        tracing::warn!("writing the stat cache: {e}");
+    }
     Ok(report)
+}
+
+/// Names the manifest and profile in refs: gc keeps refs whose manifest exists.
+fn set_scope(session: &Session<'_>, refs: &mut flow_cache::Refs) {
+    refs.manifest =
+        std::fs::canonicalize(&session.manifest.path).unwrap_or(session.manifest.path.clone());
+    refs.profile = session.plan.profile.clone();
 }
 
 /// `roots` and everything downstream of them.
@@ -395,12 +420,21 @@ fn execute(
     // recomputes it.
     for (u, record) in upstream {
         for (name, out) in &record.outputs {
-            if let ObjectState::Corrupt { .. } = session.cache.check_object(&out.hash) {
-                let _ = session.cache.remove_object(&out.hash);
-                return fail(format!(
-                    "input `{}` output `{name}` is corrupt in the cache; it was removed, run again to recompute it",
-                    session.plan.instances[*u].name
-                ));
+            let upstream_name = &session.plan.instances[*u].name;
+            match session.cache.check_object(&out.hash) {
+                ObjectState::Ok => {}
+                ObjectState::Corrupt { .. } => {
+                    let _ = session.cache.remove_object(&out.hash);
+                    return fail(format!(
+                        "input `{upstream_name}` output `{name}` is corrupt in the cache; it was removed, run again to recompute it"
+                    ));
+                }
+                // A sibling found it corrupt and removed it (or it was deleted by hand).
+                ObjectState::Missing => {
+                    return fail(format!(
+                        "input `{upstream_name}` output `{name}` is no longer in the cache (removed as corrupt, or deleted); run again to recompute it"
+                    ));
+                }
             }
         }
     }
@@ -409,6 +443,15 @@ fn execute(
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
+    // Root the key before its work folder exists, so `flow gc` after a crash
+    // (or beside this run, once it is killed) keeps the checkpoints.
+    let rooted = session.cache.update_refs(&session.scope, |refs| {
+        set_scope(session, refs);
+        refs.running.insert(inst.name.clone(), keyed.key.clone());
+    });
+    if let Err(e) = rooted {
+        return fail(e.to_string());
+    }
     let work_dir = match session.cache.work_dir(&keyed.key) {
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
@@ -507,6 +550,15 @@ fn execute(
     };
     if let Err(e) = session.cache.write_record(&record) {
         return failure(format!("writing the stage record: {e}"));
+    }
+    // Rooted at once: what a run finished survives gc even if the run dies later.
+    let rooted = session.cache.update_refs(&session.scope, |refs| {
+        set_scope(session, refs);
+        refs.instances.insert(inst.name.clone(), keyed.key.clone());
+        refs.running.remove(&inst.name);
+    });
+    if let Err(e) = rooted {
+        tracing::warn!("rooting {} in the refs: {e}", inst.name);
     }
     let _ = session.cache.clear_failure(&keyed.key);
     let _ = session.cache.remove_work_dir(&keyed.key);

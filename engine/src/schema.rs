@@ -189,12 +189,50 @@ impl ParamSpec {
         self
     }
 
+    /// The bounds of a number parameter for people, e.g. "1 <= x <= 1000000"; `None` for
+    /// other types. Includes the implicit default maximum.
+    pub fn describe_bounds(&self) -> Option<String> {
+        let default_max = match self.ty {
+            ParamType::Int => DEFAULT_INT_MAX,
+            ParamType::Float => DEFAULT_FLOAT_MAX,
+            _ => return None,
+        };
+        let low = match (self.min, self.greater_than) {
+            (Some(m), _) => format!("{} <= ", fmt_bound(m)),
+            (None, Some(g)) => format!("{} < ", fmt_bound(g)),
+            (None, None) => format!("-{} <= ", fmt_bound(default_max)),
+        };
+        let high = match (self.max, self.less_than) {
+            (Some(m), _) => format!(" <= {}", fmt_bound(m)),
+            (None, Some(l)) => format!(" < {}", fmt_bound(l)),
+            (None, None) => format!(" <= {}", fmt_bound(default_max)),
+        };
+        Some(format!("{low}x{high}"))
+    }
+
     pub fn is_reference(&self) -> bool {
         matches!(self.ty, ParamType::Input | ParamType::Gather)
     }
 
     /// Checks a number against the declared bounds; returns the violated rule.
+    ///
+    /// Numbers without a declared maximum are still bounded ([`DEFAULT_INT_MAX`],
+    /// [`DEFAULT_FLOAT_MAX`]): a count near `i64::MAX` or a float near `1e300` is a typo,
+    /// and would overflow an allocation or a duration deep inside a stage.
     pub fn check_bounds(&self, x: f64) -> Option<String> {
+        if self.max.is_none() {
+            let limit = match self.ty {
+                ParamType::Int => Some(DEFAULT_INT_MAX),
+                ParamType::Float => Some(DEFAULT_FLOAT_MAX),
+                _ => None,
+            };
+            if let Some(limit) = limit.filter(|&l| x.abs() > l) {
+                return Some(format!(
+                    "must be between -{0} and {0} (no parameter needs more)",
+                    fmt_bound(limit)
+                ));
+            }
+        }
         if let Some(min) = self.min {
             if x < min {
                 return Some(format!("must be at least {}", fmt_bound(min)));
@@ -218,6 +256,12 @@ impl ParamSpec {
         None
     }
 }
+
+/// The bound of an integer parameter that declares no maximum (`u32::MAX`: any seed a
+/// person types, far below what overflows an allocation).
+pub const DEFAULT_INT_MAX: f64 = 4_294_967_295.0;
+/// The bound of a float parameter that declares no maximum.
+pub const DEFAULT_FLOAT_MAX: f64 = 1e12;
 
 fn fmt_bound(x: f64) -> String {
     if x.fract() == 0.0 {

@@ -23,6 +23,10 @@ pub struct Session<'a> {
     pub root: PathBuf,
     /// Identifies (manifest, profile) in the cache's refs.
     pub scope: String,
+    /// `--results-dir`: publish here instead of the manifest's `results` folder.
+    pub results_override: Option<PathBuf>,
+    /// `flow status --verify`: rehash every output instead of trusting its stamp.
+    pub verify: bool,
 }
 
 /// The key of an instance and what it was computed from.
@@ -79,6 +83,8 @@ impl<'a> Session<'a> {
             env,
             root,
             scope: scope.finalize().to_hex().to_string(),
+            results_override: None,
+            verify: false,
         }
     }
 
@@ -153,7 +159,14 @@ impl<'a> Session<'a> {
             RecordState::Unreadable(why) => Cached::Unreadable(why),
             RecordState::Ok(record) => {
                 for (name, out) in &record.outputs {
-                    let problem = match self.cache.check_object_quick(&out.hash) {
+                    // Published outputs (tables, figures: small) are always rehashed, so
+                    // a damaged object is never republished as fresh.
+                    let state = if self.verify || out.publish {
+                        self.cache.check_object(&out.hash)
+                    } else {
+                        self.cache.check_object_quick(&out.hash)
+                    };
+                    let problem = match state {
                         ObjectState::Ok => continue,
                         ObjectState::Missing => {
                             format!("output `{name}` is missing from the cache")
@@ -188,6 +201,9 @@ impl<'a> Session<'a> {
     }
 
     pub fn results_dir(&self) -> PathBuf {
-        self.root.join(&self.plan.results)
+        match &self.results_override {
+            Some(dir) => self.root.join(dir),
+            None => self.root.join(&self.plan.results),
+        }
     }
 }

@@ -39,6 +39,8 @@ pub fn registry() -> Registry {
             vec![
                 ParamSpec::int("n", "size").min(1.0).default(10),
                 ParamSpec::choice("task", &["a", "b"], "task").default("a"),
+                ParamSpec::string("title", "free text"),
+                ParamSpec::string("y_label", "free text"),
             ]
         },
     });

@@ -124,7 +124,52 @@ fn encode_str(tag: u8, s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Short human form, used in instance names (`mix@ratio=0.4`) and messages.
+impl Value {
+    /// The value as it appears in an instance name (`mix@ratio=0.4`) and hence in a results
+    /// folder name. Like [`fmt::Display`], but text is percent-escaped where it holds a
+    /// character that structures names (`, = @ [ ] { }`), a path separator (`/ \`), `%`
+    /// itself or a control character. Brackets stay balanced, so a name splits into its
+    /// bindings one way only: distinct values give distinct names, and no value reaches
+    /// outside its folder.
+    pub fn name_part(&self) -> String {
+        match self {
+            Value::Str(s) => escape_name_text(s),
+            Value::List(items) => {
+                let parts: Vec<String> = items.iter().map(Value::name_part).collect();
+                format!("[{}]", parts.join(","))
+            }
+            Value::Table(map) => {
+                let parts: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", escape_name_text(k), v.name_part()))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            }
+            scalar => scalar.to_string(),
+        }
+    }
+}
+
+fn escape_name_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(
+            c,
+            '%' | ',' | '=' | '@' | '[' | ']' | '{' | '}' | '/' | '\\'
+        ) || c.is_control()
+        {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Short human form, used in messages.
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -188,5 +233,19 @@ mod tests {
         assert_eq!(Value::Float(1.0).to_string(), "1.0");
         assert_eq!(Value::Int(2000).to_string(), "2000");
         assert_eq!(Value::Str("d6".into()).to_string(), "d6");
+    }
+
+    #[test]
+    fn name_parts_escape_what_structures_names_and_paths() {
+        let s = |t: &str| Value::Str(t.into()).name_part();
+        assert_eq!(s("d6"), "d6");
+        assert_eq!(s("a,y_label=b"), "a%2Cy_label%3Db");
+        assert_eq!(s("x/y"), "x%2Fy");
+        assert_ne!(s("x/y"), s("x_y"));
+        assert_eq!(s("50%"), "50%25");
+        assert_eq!(s("..\\x"), "..%5Cx");
+        let list = Value::List(vec![Value::Str("a,b".into()), Value::Int(1)]);
+        assert_eq!(list.name_part(), "[a%2Cb,1]");
+        assert_eq!(Value::Float(0.4).name_part(), "0.4");
     }
 }

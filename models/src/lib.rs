@@ -21,12 +21,16 @@
 mod bpe_files;
 mod download;
 mod gguf_tokenizer;
+pub mod guard;
 
 use std::path::{Path, PathBuf};
 
 pub use bpe_files::{tokenizer_from_vocab_merges, tokenizer_json_from_vocab_merges};
-pub use download::{models_cache_dir, pypi_fetch_file};
+pub use download::{
+    hub_download, hub_endpoint, models_cache_dir, pypi_fetch_file, redact_url, MAX_JSON_BYTES,
+};
 pub use gguf_tokenizer::{gguf_tokenizer, tokenizer_json_from_gguf};
+pub use guard::{open_gguf, read_gguf, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -36,6 +40,9 @@ pub enum ModelError {
     Download(String),
     #[error("{0}")]
     Invalid(String),
+    /// A model file that fails the checks of [`guard`] or cannot be read.
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -510,6 +517,8 @@ fn locate_inner(
     env: &ModelEnv,
     looked: &mut Vec<String>,
 ) -> Result<Option<ResolvedModel>> {
+    // `hub`, `revision`, `file` and `package` become paths: none may leave the models folder.
+    download::check_spec(spec)?;
     // 1. A path in the manifest.
     if let Some(path) = &spec.path {
         let path = if path.is_absolute() {
@@ -662,9 +671,13 @@ fn package_candidates(spec: &ModelSpec) -> Vec<(String, String, Option<KnownPack
 /// The tokenizer of a resolved model.
 pub fn load_tokenizer(model: &ResolvedModel) -> Result<tokenizers::Tokenizer> {
     match &model.tokenizer {
-        TokenizerSource::File(path) => tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            ModelError::Invalid(format!("cannot load tokenizer {}: {e}", path.display()))
-        }),
+        TokenizerSource::File(path) => {
+            let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+                ModelError::Invalid(format!("cannot load tokenizer {}: {e}", path.display()))
+            })?;
+            guard::check_tokenizer(&tk, path)?;
+            Ok(tk)
+        }
         TokenizerSource::GgufEmbedded => gguf_tokenizer(&model.weights),
         TokenizerSource::VocabMerges { vocab, merges } => tokenizer_from_vocab_merges(
             vocab,
@@ -674,12 +687,9 @@ pub fn load_tokenizer(model: &ResolvedModel) -> Result<tokenizers::Tokenizer> {
     }
 }
 
-/// Reads the metadata of a GGUF file.
+/// Reads the metadata of a GGUF file, checked first ([`guard::read_gguf`]).
 pub fn gguf_metadata(path: &Path) -> Result<candle_core::quantized::gguf_file::Content> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| ModelError::io(format!("open {}", path.display()), e))?;
-    candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| ModelError::Invalid(format!("{} is not a GGUF file: {e}", path.display())))
+    Ok(read_gguf(path)?)
 }
 
 #[cfg(test)]

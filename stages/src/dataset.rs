@@ -7,7 +7,7 @@
 //! by stages that only pass examples through (see [`Example::extra`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use flow_engine::StageError;
@@ -78,23 +78,17 @@ pub fn read_nonempty(
 
 /// Reads a dataset; errors name the file and the line.
 pub fn read(path: &Path) -> Result<Vec<Example>, StageError> {
-    let file =
-        File::open(path).map_err(|e| StageError::io(format!("open {}", path.display()), e))?;
     let mut examples = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| StageError::io(format!("read {}", path.display()), e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let example: Example = serde_json::from_str(&line).map_err(|e| {
+    crate::data::for_each_line(path, |number, line| {
+        let example: Example = serde_json::from_str(line).map_err(|e| {
             StageError::invalid(format!(
-                "{}:{}: not a valid example: {e}",
-                path.display(),
-                i + 1
+                "{}:{number}: not a valid example: {e}",
+                path.display()
             ))
         })?;
         examples.push(example);
-    }
+        Ok(())
+    })?;
     Ok(examples)
 }
 

@@ -222,7 +222,10 @@ impl NetworkConfig {
         match self {
             NetworkConfig::Bert(c) => c.max_position_embeddings,
             // Positions start after the padding index (RoBERTa's convention).
-            NetworkConfig::MpNet(c) => c.max_position_embeddings - c.pad_token_id - 1,
+            NetworkConfig::MpNet(c) => c
+                .max_position_embeddings
+                .saturating_sub(c.pad_token_id)
+                .saturating_sub(1),
         }
     }
     fn pad_id(&self) -> usize {
@@ -277,7 +280,8 @@ impl Encoder {
                 resolved.weights.display()
             )));
         }
-        let config = read_config(name, &resolved.weights.with_file_name("config.json"))?;
+        let config_path = resolved.weights.with_file_name("config.json");
+        let config = read_config(name, &config_path)?;
         if max_len > config.max_positions() {
             return Err(StageError::invalid(format!(
                 "max_seq_len {max_len} is more than model `{name}` has positions for ({})",
@@ -286,6 +290,18 @@ impl Encoder {
         }
         let bytes = std::fs::read(&resolved.weights)
             .map_err(|e| StageError::io(format!("read {}", resolved.weights.display()), e))?;
+        // The header (length, JSON, offsets and sizes) is checked before
+        // candle reads it, and config.json's layer, head and width counts
+        // against the tensors it lists before the encoder is sized by them.
+        let guard = |e: flow_models::FileError| StageError::invalid(format!("model `{name}`: {e}"));
+        let header = flow_models::guard::check_safetensors_bytes(&bytes, &resolved.weights)
+            .map_err(guard)?;
+        let config_json: serde_json::Value = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        flow_models::guard::check_config_json(&config_json, header.shapes(), &config_path)
+            .map_err(guard)?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| StageError::invalid(format!("model `{name}`: weights: {e}")))?;
         let bad = |e: candle_core::Error| {

@@ -244,8 +244,13 @@ fn open_backend(
             }
             cfg.requests_per_minute = float_of(table, "requests_per_minute").filter(|r| *r > 0.0);
             cfg.tokens_per_minute = float_of(table, "tokens_per_minute").filter(|r| *r > 0.0);
-            if let Some(t) = float_of(table, "timeout_s").filter(|t| *t > 0.0) {
-                cfg.timeout = std::time::Duration::from_secs_f64(t);
+            // Checked: the schema bounds it, but a conversion that panics must not
+            // depend on every caller having validated first.
+            if let Some(t) = float_of(table, "timeout_s")
+                .and_then(|t| std::time::Duration::try_from_secs_f64(t).ok())
+                .filter(|t| !t.is_zero())
+            {
+                cfg.timeout = t;
             }
             if let Some(n) = int_of(table, "max_retries") {
                 cfg.max_retries = n.clamp(0, u32::MAX as i64) as u32;
@@ -327,7 +332,16 @@ impl Gen {
             })?;
         let backend = open_backend(ctx, &name, &table)?;
         let journal_dir = ctx.env.cache_dir.join("journal").join("generate");
-        let journal = Journal::open(&journal_dir).map_err(to_err)?;
+        // An answer echoing the API key must not carry it into the journal.
+        let secrets: Vec<String> = table_str(&table, "api_key_env")
+            .and_then(|var| std::env::var(var).ok())
+            .map(|key| key.trim().to_string())
+            .filter(|key| !key.is_empty())
+            .into_iter()
+            .collect();
+        let journal = Journal::open(&journal_dir)
+            .map_err(to_err)?
+            .with_secrets(secrets);
         let stop = table
             .get("stop")
             .and_then(Value::as_list)

@@ -103,6 +103,7 @@ pub fn generator_params() -> Vec<ParamSpec> {
             .execution(),
         ParamSpec::float("timeout_s", "openai: per-request timeout")
             .greater_than(0.0)
+            .max(86_400.0)
             .default(120.0)
             .execution(),
         ParamSpec::int("max_retries", "openai: retries per request")

@@ -92,9 +92,11 @@ impl Stage for Topics {
         p.extend([
             ParamSpec::int("count", "topics wanted")
                 .min(1.0)
+                .max(1_000_000.0)
                 .default(100),
             ParamSpec::int("per_request", "topics asked for per request")
                 .min(1.0)
+                .max(1_000.0)
                 .default(20),
             ParamSpec::int(
                 "max_requests",
@@ -122,7 +124,7 @@ impl Stage for Topics {
             .params
             .int("max_requests")
             .map(|v| v as usize)
-            .unwrap_or(4 * count / per + 4);
+            .unwrap_or((4 * count / per).saturating_add(4));
         let max_tokens = ctx.params.require_int("max_tokens")? as usize;
         let prompt = ctx.params.require_str("prompt")?.to_string();
         let mut gen = Gen::open(ctx)?;

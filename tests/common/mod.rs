@@ -18,8 +18,9 @@ use serde_json::Value;
 
 pub const FLOW: &str = env!("CARGO_BIN_EXE_flow");
 
-/// The real data mirror: `FLOW_DATA_DIR`, else `<repo>/../shared/data`. `None` (with the
-/// reason printed) when it is missing, so the caller can skip.
+/// The real data mirror: `FLOW_DATA_DIR`, else `<repo>/../shared/data`. `None` when it is
+/// missing (the skip shown and recorded, see [`skip_or_fail`]), so the caller can skip; a
+/// failure where the data must be there.
 pub fn data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("FLOW_DATA_DIR")
         .map(PathBuf::from)
@@ -28,13 +29,74 @@ pub fn data_dir() -> Option<PathBuf> {
         // Absolute, since flow runs in the project folder.
         Some(std::fs::canonicalize(&dir).unwrap_or(dir))
     } else {
-        eprintln!(
-            "skipping: no real data mirror at {} (set FLOW_DATA_DIR to a folder holding \
+        skip_or_fail(&format!(
+            "no real data mirror at {} (set FLOW_DATA_DIR to a folder holding \
              rocstories/stories.jsonl)",
             dir.display()
-        );
+        ));
         None
     }
+}
+
+/// Whether a missing test input fails the test instead of skipping it: `FLOW_REQUIRE_DATA`
+/// set to anything but ``, `0` or `false` (`.ci/run` sets it), else `CI` set likewise.
+/// (The same rule as `stages/src/testutil.rs`.)
+pub fn data_required() -> bool {
+    let on = |v: String| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
+    match std::env::var("FLOW_REQUIRE_DATA") {
+        Ok(v) => on(v),
+        Err(_) => std::env::var("CI").is_ok_and(on),
+    }
+}
+
+/// The running test cannot run: `what` (what is missing and how to provide it). Where the
+/// input must be there ([`data_required`]) this panics; else the skip is shown on the terminal
+/// (written to stderr directly, which libtest does not capture, unlike `eprintln!`) and
+/// appended to [`skipped_tests_file`], and the caller returns.
+pub fn skip_or_fail(what: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let krate = env!("CARGO_CRATE_NAME");
+    if data_required() {
+        panic!(
+            "{krate} {test}: missing test input: {what}\n(FLOW_REQUIRE_DATA or CI is set, so \
+             this fails instead of skipping; FLOW_REQUIRE_DATA=0 skips)"
+        );
+    }
+    let line = format!("SKIPPED {krate} {test}: {what}");
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // One write per line: parallel tests append whole lines.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skipped_tests_file())
+        .and_then(|mut f| f.write_all(format!("{now} {line}\n").as_bytes()));
+}
+
+/// Where skips are listed, one line each, appended across runs (each line starts with its
+/// Unix time): `FLOW_SKIPPED_FILE`, else `<target dir>/flow-skipped-tests.txt` (the target
+/// dir is the folder above the test binary that cargo marks with `CACHEDIR.TAG`).
+pub fn skipped_tests_file() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOW_SKIPPED_FILE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .find(|d| d.join("CACHEDIR.TAG").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join(".."))
+        .join("flow-skipped-tests.txt")
 }
 
 /// `let data = require_data!();` returns early (the test passes, saying why) without data.

@@ -37,8 +37,8 @@ fn meta_usize(c: &gguf_file::Content, key: &str) -> Result<usize> {
         Value::U16(x) => *x as usize,
         Value::U32(x) => *x as usize,
         Value::U64(x) => *x as usize,
-        Value::I32(x) => *x as usize,
-        Value::I64(x) => *x as usize,
+        Value::I32(x) => usize::try_from(*x).with_context(|| format!("GGUF `{key}` = {x}"))?,
+        Value::I64(x) => usize::try_from(*x).with_context(|| format!("GGUF `{key}` = {x}"))?,
         other => bail!("GGUF `{key}` is not an integer: {other:?}"),
     })
 }
@@ -97,11 +97,19 @@ pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// Loads model and tokenizer from a GGUF file (weights dequantized to f32).
+/// The file's header is checked before candle reads it, and the
+/// hyperparameters against its tensors before anything is sized by them
+/// ([`flow_models::guard`]).
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open model weights {}", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let (mut file, content) = flow_models::open_gguf(path)?;
+    let arch = meta(&content, "general.architecture")?.to_string()?;
+    if arch != "llama" {
+        bail!(
+            "{}: GGUF architecture `{arch}` is not supported for training (only `llama`)",
+            path.display()
+        );
+    }
+    flow_models::guard::check_llama_hparams(&content, path)?;
     let cfg = config(&content)?;
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         // Llama 3.1+ GGUFs carry their RoPE scaling as per-frequency factors;
@@ -227,7 +235,14 @@ pub fn tokenizer(c: &gguf_file::Content) -> Result<Tokenizer> {
         .map(|(t, _)| AddedToken::from(t.clone(), true))
         .collect();
     tk.add_special_tokens(&specials);
-    let eos = meta_usize(c, "tokenizer.ggml.eos_token_id")? as u32;
+    let eos = meta_usize(c, "tokenizer.ggml.eos_token_id")?;
+    if eos >= tokens.len() {
+        bail!(
+            "GGUF `tokenizer.ggml.eos_token_id` = {eos} but the vocabulary has {} tokens",
+            tokens.len()
+        );
+    }
+    let eos = eos as u32;
     let bos = meta_usize(c, "tokenizer.ggml.bos_token_id")
         .ok()
         .map(|b| b as u32)

@@ -79,7 +79,8 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
     bail!("{} has none of {SINGLE}, {INDEX}, {PICKLE}", dir.display())
 }
 
-/// Every tensor of the checkpoint, in its stored dtype, on the CPU.
+/// Every tensor of the checkpoint, in its stored dtype, on the CPU; each
+/// safetensors header is checked first ([`flow_models::guard`]).
 fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
     let files = match weight_files(dir)? {
         WeightFiles::Safetensors(files) => files,
@@ -89,6 +90,11 @@ fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
             return Ok(tensors.into_iter().collect());
         }
     };
+    // Every header is checked (length, JSON, offsets and sizes within the
+    // file) before candle maps the file.
+    for f in &files {
+        flow_models::guard::check_safetensors_file(f)?;
+    }
     // Safety: the files are only read; a concurrent writer would be a user error,
     // as for every tool that maps checkpoints (transformers, candle).
     let st = unsafe { MmapedSafetensors::multi(&files) }
@@ -118,6 +124,13 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn C
         )
     };
     let tensors = read_tensors(dir)?;
+    // Layer, head and width counts are bounded by the tensors present before
+    // a model is sized by them.
+    let shapes: Vec<(&str, &[usize])> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.dims()))
+        .collect();
+    flow_models::guard::check_config_json(&config, shapes, &config_path)?;
     match model_type.as_str() {
         "llama" => {
             let c: llama::HfConfig = serde_json::from_value(config).with_context(parse_err)?;

@@ -90,8 +90,11 @@ pub fn load(
         Some(t) => t,
         None => {
             let path = dir.join("tokenizer.json");
-            tokenizers::Tokenizer::from_file(&path)
-                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?
+            let tk = tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
+            // Its padding (every encoding is padded to it) is bounded.
+            flow_models::guard::check_tokenizer(&tk, &path)?;
+            tk
         }
     };
     let loaded = Loaded {

@@ -112,6 +112,10 @@ impl CpuLlama {
                 "GGUF architecture `{arch}`: the local generator runs llama models"
             )));
         }
+        // Block, head and width counts, the rope dimension and the context
+        // are checked against the tensors before anything is sized by them.
+        flow_models::guard::check_llama_hparams(content, std::path::Path::new("(GGUF)"))
+            .map_err(|e| GenError::Model(e.into()))?;
         let num = |k: &str| -> Result<usize> {
             Ok(md(&format!("llama.{k}"))?.to_u32().map_err(cerr)? as usize)
         };
@@ -149,13 +153,20 @@ impl CpuLlama {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let mut get = |name: &str| tensor(content, file, &format!("blk.{l}.{name}.weight"));
-            let qkv = QMatrix::stack(vec![
-                matrix(&get("attn_q")?)?,
-                matrix(&get("attn_k")?)?,
-                matrix(&get("attn_v")?)?,
-            ]);
-            let gate_up =
-                QMatrix::stack(vec![matrix(&get("ffn_gate")?)?, matrix(&get("ffn_up")?)?]);
+            let qkv = stack(
+                l,
+                "attn_q, attn_k and attn_v",
+                vec![
+                    matrix(&get("attn_q")?)?,
+                    matrix(&get("attn_k")?)?,
+                    matrix(&get("attn_v")?)?,
+                ],
+            )?;
+            let gate_up = stack(
+                l,
+                "ffn_gate and ffn_up",
+                vec![matrix(&get("ffn_gate")?)?, matrix(&get("ffn_up")?)?],
+            )?;
             layers.push(Layer {
                 attn_norm: vector(&get("attn_norm")?)?,
                 qkv,
@@ -397,6 +408,17 @@ fn tensor(content: &gguf_file::Content, file: &mut std::fs::File, name: &str) ->
     content
         .tensor(file, name, &Device::Cpu)
         .map_err(|e| GenError::Other(format!("GGUF tensor `{name}`: {e}")))
+}
+
+/// [`QMatrix::stack`], an error (not a panic) where the widths differ.
+fn stack(layer: usize, what: &str, parts: Vec<QMatrix>) -> Result<QMatrix> {
+    if parts.iter().any(|p| p.cols() != parts[0].cols()) {
+        let widths: Vec<usize> = parts.iter().map(|p| p.cols()).collect();
+        return Err(GenError::Other(format!(
+            "GGUF: layer {layer}: {what} have different widths {widths:?}"
+        )));
+    }
+    Ok(QMatrix::stack(parts))
 }
 
 fn matrix(t: &QTensor) -> Result<QMatrix> {

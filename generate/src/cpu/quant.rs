@@ -90,7 +90,9 @@ fn blocks_from_bytes<T: Copy>(bytes: &[u8]) -> Vec<T> {
 fn quantize_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    // A subnormal scale has an infinite inverse (garbage weights, found by fuzzing the
+    // model loader): such a block is zero at any precision that matters.
+    let id = if d.is_normal() { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; BLOCK];
     for (q, v) in qs.iter_mut().zip(x) {
         *q = round_half_away(v * id) as i8;

