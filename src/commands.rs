@@ -451,7 +451,10 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
     );
     // The generation journals under `<cache>/journal`: only readable lines, the last
     // answer per key (a journal open in a running `flow run` is left alone).
-    for (path, r) in flow_generate::Journal::compact_all(&dir.join("journal"), args.dry_run)? {
+    for (path, r) in flow_generate::Journal::compact_all(
+        &cache.root().join(flow_cache::Area::Journal.dir_name()),
+        args.dry_run,
+    )? {
         if r.busy {
             println!("journal {}: in use, not compacted", path.display());
             continue;

@@ -264,6 +264,11 @@ fn a_corrupt_object_behind_a_published_file_is_not_fresh() {
     let row = rows.iter().find(|r| r.instance == "table").unwrap();
     assert_eq!(row.state, "stale", "{row:?}");
     assert!(row.reason.contains("corrupt"), "{row:?}");
+    assert_eq!(
+        row.reason_code.as_deref(),
+        Some("output_corrupt"),
+        "{row:?}"
+    );
     let m = p.manifest().to_string_lossy().into_owned();
     let out = p.flow(&["status", &m, "--verify"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
@@ -329,6 +334,8 @@ fn data_edited_in_place_keeping_size_and_mtime_is_stale() {
     let rows = p.status();
     let real = rows.iter().find(|r| r.stage == "real").unwrap();
     assert_eq!(real.state, "stale", "{rows:?}");
+    assert_eq!(real.reason_code.as_deref(), Some("changed"), "{real:?}");
+    assert_eq!(real.changes, ["external"], "{real:?}");
 }
 
 /// Item 10: a symlink loop in the results folder hangs neither `run` nor `status`.

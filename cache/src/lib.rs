@@ -1,6 +1,6 @@
 //! flow's content-addressed cache.
 //!
-//! Layout under the cache root (see DESIGN.md, "Content keys and the cache"):
+//! Layout under the cache root:
 //!
 //! ```text
 //! VERSION                 layout version ("1")
@@ -9,15 +9,20 @@
 //! failures/<key>.json     the last failure of a key
 //! refs/<scope>.json       per manifest scope: the key each instance had at its last run
 //! locks/                  lock files (run.lock, key-<key>.lock, refs-<scope>.lock)
-//! work/<key>/             scratch space that survives crashes (checkpoints, journals)
+//! work/<key>/             scratch space that survives crashes (checkpoints)
 //! tmp/                    temporary files, renamed into place when complete
-//! stat-cache.json         (path, size, mtime) -> hash of external files
+//! stat-cache.json         (path, size, mtime, inode, ctime) -> hash of external files
+//! journal/                Area::Journal: answers of generation requests, by request
+//! downloads/              Area::Downloads: files fetched from the Hugging Face hub
 //! ```
 //!
 //! Everything that is read by another process is written to `tmp/` first, fsynced, then
 //! renamed into place, so a crash (even `kill -9`) never leaves a partial file under a final
-//! name, and a record is only written once all of its objects are stored.
+//! name, and a record is only written once all of its objects are stored. The areas are
+//! handed out by [`Cache::area`] (and, by path, [`Area::dir_name`]); their contents belong to
+//! the code that writes them, and gc leaves them alone.
 
+mod area;
 mod error;
 mod fsio;
 mod gc;
@@ -33,6 +38,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use area::Area;
 pub use error::CacheError;
 pub use gc::GcReport;
 pub use hash::{hash_bytes, is_valid_hash, Hash};

@@ -8,6 +8,7 @@ use flow_cache::{Cache, InputRef, ObjectState, Record, RecordState};
 use crate::key::{compute_key, key_params, KeyMaterial};
 use crate::manifest::Manifest;
 use crate::plan::{Instance, Plan};
+use crate::reason::StaleReason;
 use crate::schema::ParamType;
 use crate::stage::{Env, FileHasher, Registry, Stage, StageError, Upstream};
 use crate::value::Value;
@@ -45,7 +46,7 @@ pub enum Cached {
     /// A record exists but an output is gone or damaged.
     Damaged {
         record: Box<Record>,
-        problem: String,
+        problem: StaleReason,
     },
     Unreadable(String),
     Missing,
@@ -168,12 +169,12 @@ impl<'a> Session<'a> {
                     };
                     let problem = match state {
                         ObjectState::Ok => continue,
-                        ObjectState::Missing => {
-                            format!("output `{name}` is missing from the cache")
-                        }
-                        ObjectState::Corrupt { .. } => {
-                            format!("output `{name}` is corrupt in the cache")
-                        }
+                        ObjectState::Missing => StaleReason::OutputMissing {
+                            output: name.clone(),
+                        },
+                        ObjectState::Corrupt { .. } => StaleReason::OutputCorrupt {
+                            output: name.clone(),
+                        },
                     };
                     return Cached::Damaged {
                         record: Box::new(record),

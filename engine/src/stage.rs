@@ -149,6 +149,14 @@ pub struct Env {
     pub cache_dir: PathBuf,
 }
 
+impl Env {
+    /// The folder of a cache area (journals, downloads): see [`flow_cache::Area`]. Not
+    /// created here; the stage creates what it writes.
+    pub fn area(&self, area: flow_cache::Area) -> PathBuf {
+        self.cache_dir.join(area.dir_name())
+    }
+}
+
 /// Cooperative cancellation (Ctrl-C): long stages poll it between items.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);

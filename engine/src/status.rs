@@ -6,6 +6,7 @@ use flow_cache::Record;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::reason::{Change, StaleReason};
 use crate::session::{Cached, Keyed, Session};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -33,8 +34,12 @@ pub struct InstanceStatus {
     pub instance: String,
     pub kind: String,
     pub state: State,
-    /// Empty when fresh; otherwise why it will run.
+    /// Empty when fresh; otherwise why it will run, for people.
     pub reason: String,
+    /// `null` when fresh; otherwise a stable code for programs ([`StaleReason::code`]).
+    pub reason_code: Option<&'static str>,
+    /// For `reason_code = "changed"`: the codes of what changed ([`Change::code`]).
+    pub changes: Vec<&'static str>,
     /// The content key, when the inputs are known (every upstream is fresh).
     pub key: Option<String>,
 }
@@ -73,12 +78,17 @@ fn evaluate_one(
 ) -> (InstanceStatus, Option<Record>) {
     let plan = &session.plan;
     let inst = &plan.instances[i];
-    let row = |state, reason: String, key: Option<String>| InstanceStatus {
+    let row = |state, reason: Option<StaleReason>, key: Option<String>| InstanceStatus {
         stage: inst.stage.clone(),
         instance: inst.name.clone(),
         kind: inst.kind.clone(),
         state,
-        reason,
+        reason: reason.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+        reason_code: reason.as_ref().map(StaleReason::code),
+        changes: reason
+            .as_ref()
+            .map(StaleReason::change_codes)
+            .unwrap_or_default(),
         key,
     };
     // An instance whose inputs are not fresh cannot have a known key.
@@ -88,46 +98,49 @@ fn evaluate_one(
             .map(|&u| (param.clone(), u))
     });
     if let Some((param, u)) = blocked {
-        let up = &plan.instances[u];
-        let what = match rows[u].as_ref().map(|s| s.state) {
-            Some(State::Failed) => "failed",
-            _ => "stale",
+        let reason = StaleReason::InputNotFresh {
+            param,
+            instance: plan.instances[u].name.clone(),
+            failed: rows[u].as_ref().map(|s| s.state) == Some(State::Failed),
         };
-        let reason = format!("input `{param}` (`{}`) is {what}", up.name);
-        return (row(State::Stale, reason, None), None);
+        return (row(State::Stale, Some(reason), None), None);
     }
     let keyed = match session.key(i, fresh) {
         Ok(k) => k,
         Err(e) => {
-            return (
-                row(State::Stale, format!("cannot compute key: {e}"), None),
-                None,
-            )
+            let reason = StaleReason::KeyUnknown {
+                error: e.to_string(),
+            };
+            return (row(State::Stale, Some(reason), None), None);
         }
     };
     let key = Some(keyed.key.clone());
     match session.cached(&keyed.key) {
-        Cached::Fresh(record) => (row(State::Fresh, String::new(), key), Some(*record)),
-        Cached::Damaged { problem, .. } => (row(State::Stale, problem, key), None),
+        Cached::Fresh(record) => (row(State::Fresh, None, key), Some(*record)),
+        Cached::Damaged { problem, .. } => (row(State::Stale, Some(problem), key), None),
         Cached::Unreadable(why) => (
             row(
                 State::Stale,
-                format!("stage record unreadable ({why})"),
+                Some(StaleReason::RecordUnreadable { why }),
                 key,
             ),
             None,
         ),
         Cached::Missing => match session.cache.read_failure(&keyed.key) {
             Some(f) => (
-                row(State::Failed, format!("failed last time: {}", f.error), key),
+                row(
+                    State::Failed,
+                    Some(StaleReason::FailedLastTime { error: f.error }),
+                    key,
+                ),
                 None,
             ),
             None => {
                 let reason = match refs.instances.get(&inst.name) {
-                    None => "never run".to_string(),
+                    None => StaleReason::NeverRun,
                     Some(old_key) => why_changed(session, old_key, &keyed, inst.seed),
                 };
-                (row(State::Stale, reason, key), None)
+                (row(State::Stale, Some(reason), key), None)
             }
         },
     }
@@ -145,7 +158,7 @@ struct Previous {
 }
 
 /// Compares the last run of this instance with the new key's material.
-fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> String {
+fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> StaleReason {
     let old = match session.cache.read_record(old_key) {
         flow_cache::RecordState::Ok(r) => Previous {
             kind: r.kind,
@@ -166,9 +179,7 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
                 fingerprints: f.fingerprints,
                 failed: true,
             },
-            _ => {
-                return "never run with these settings (the last run's record is gone)".to_string()
-            }
+            _ => return StaleReason::PreviousRunGone,
         },
     };
     let kind = old.kind.clone();
@@ -179,10 +190,11 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
         .unwrap_or(old.version);
     let mut reasons = Vec::new();
     if version != old.version {
-        reasons.push(format!(
-            "implementation of `{kind}` changed (version {} -> {version})",
-            old.version
-        ));
+        reasons.push(Change::Version {
+            kind: kind.clone(),
+            from: old.version,
+            to: version,
+        });
     }
     let new_params = serde_json::to_value(&new.params).unwrap_or_default();
     let empty = serde_json::Map::new();
@@ -191,12 +203,19 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
     for (k, v) in new_map {
         match old_map.get(k) {
             Some(o) if o == v => {}
-            Some(o) => reasons.push(format!("parameter `{k}` changed from {o} to {v}")),
-            None => reasons.push(format!("parameter `{k}` set to {v}")),
+            Some(o) => reasons.push(Change::Parameter {
+                name: k.clone(),
+                from: o.to_string(),
+                to: v.to_string(),
+            }),
+            None => reasons.push(Change::ParameterSet {
+                name: k.clone(),
+                value: v.to_string(),
+            }),
         }
     }
     for k in old_map.keys().filter(|k| !new_map.contains_key(*k)) {
-        reasons.push(format!("parameter `{k}` removed"));
+        reasons.push(Change::ParameterRemoved { name: k.clone() });
     }
     for (param, ups) in &new.inputs {
         let old_ups = old.inputs.get(param);
@@ -207,28 +226,30 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
                     .all(|(a, b)| a.outputs == b.outputs && a.instance == b.instance)
         });
         if !same {
-            let names: Vec<&str> = ups.iter().map(|u| u.instance.as_str()).collect();
-            reasons.push(format!(
-                "input `{param}` (`{}`) changed",
-                names.join("`, `")
-            ));
+            reasons.push(Change::Input {
+                param: param.clone(),
+                instances: ups.iter().map(|u| u.instance.clone()).collect(),
+            });
         }
     }
     for (label, hash) in &new.fingerprints {
         if old.fingerprints.get(label) != Some(hash) {
-            reasons.push(format!("external input `{label}` changed"));
+            reasons.push(Change::External {
+                label: label.clone(),
+            });
         }
     }
     if old.seed != seed {
-        reasons.push(format!("seed changed from {} to {seed}", old.seed));
+        reasons.push(Change::Seed {
+            from: old.seed,
+            to: seed,
+        });
     }
     if reasons.is_empty() {
-        reasons.push("the key scheme changed (a new version of flow)".to_string());
+        reasons.push(Change::KeyScheme);
     }
-    let reasons = reasons.join("; ");
-    if old.failed {
-        format!("{reasons} (since the last run, which failed)")
-    } else {
-        reasons
+    StaleReason::Changed {
+        changes: reasons,
+        last_failed: old.failed,
     }
 }

@@ -495,6 +495,10 @@ pub struct Row {
     pub kind: String,
     pub state: String,
     pub reason: String,
+    /// `reason_code`: null when fresh.
+    pub reason_code: Option<String>,
+    /// `changes`: what changed, for `reason_code = "changed"`.
+    pub changes: Vec<String>,
     pub key: Option<String>,
 }
 
@@ -528,6 +532,21 @@ pub fn parse_status(json: &str) -> Vec<Row> {
             kind: string("kind"),
             state: string("state"),
             reason: string("reason"),
+            reason_code: match o
+                .get("reason_code")
+                .unwrap_or_else(|| panic!("status row lacks `reason_code`: {obj}"))
+            {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => panic!("status `reason_code` is neither null nor a string: {other}"),
+            },
+            changes: o
+                .get("changes")
+                .and_then(Value::as_array)
+                .unwrap_or_else(|| panic!("status row lacks the array `changes`: {obj}"))
+                .iter()
+                .map(|c| c.as_str().expect("change codes are strings").to_string())
+                .collect(),
             key: match o
                 .get("key")
                 .unwrap_or_else(|| panic!("status row lacks `key`: {obj}"))
@@ -557,14 +576,41 @@ pub fn parse_status(json: &str) -> Vec<Row> {
         match row.state.as_str() {
             "fresh" => {
                 assert!(row.reason.is_empty(), "fresh with a reason: {obj}");
+                assert!(row.reason_code.is_none(), "fresh with a reason code: {obj}");
                 assert!(row.key.is_some(), "fresh without a key: {obj}");
             }
-            _ => assert!(
-                !row.reason.is_empty(),
-                "{} without a reason: {obj}",
-                row.state
-            ),
+            _ => {
+                assert!(
+                    !row.reason.is_empty(),
+                    "{} without a reason: {obj}",
+                    row.state
+                );
+                const CODES: &[&str] = &[
+                    "never_run",
+                    "previous_run_gone",
+                    "input_stale",
+                    "input_failed",
+                    "key_unknown",
+                    "output_missing",
+                    "output_corrupt",
+                    "record_unreadable",
+                    "failed_last_time",
+                    "changed",
+                ];
+                let code = row.reason_code.as_deref().unwrap_or("");
+                assert!(CODES.contains(&code), "undocumented reason code: {obj}");
+                assert_eq!(
+                    code == "failed_last_time",
+                    row.state == "failed",
+                    "state and reason code disagree: {obj}"
+                );
+            }
         }
+        assert_eq!(
+            row.changes.is_empty(),
+            row.reason_code.as_deref() != Some("changed"),
+            "`changes` is filled exactly for reason code `changed`: {obj}"
+        );
         if row.state == "failed" {
             assert!(row.key.is_some(), "failed without a key: {obj}");
         }

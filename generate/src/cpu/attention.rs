@@ -1,7 +1,7 @@
 //! Causal attention of one query head over a sequence's cached keys and
 //! values: the part of a decoding step that grows with the context.
 
-use super::math::{dot, exp};
+use super::math::{dot, exp, has_avx2};
 
 /// One head's inputs: its query, and its keys and values one position
 /// after the other (`q.len()` floats each).
@@ -22,12 +22,6 @@ pub fn attend(h: &Head, out: &mut [f32]) {
         return unsafe { attend_avx2(h, out) };
     }
     attend_portable(h, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 /// The same code compiled for AVX2: the loops below vectorize 8 wide.

@@ -40,7 +40,7 @@ pub fn exp(x: f32) -> f32 {
 /// SiLU(g) * u for every element (llama's gated feed-forward), into `out`.
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::attention::has_avx2() {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked once).
         return unsafe { swiglu_avx2(gate, up, out) };
     }
@@ -58,6 +58,14 @@ fn swiglu_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + exp(-g)) * u;
     }
+}
+
+/// Whether the CPU has AVX2 and FMA (checked once): the kernels here and in attention.rs
+/// dispatch on it. It lives in this lower module so attention depends on math, not back.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 #[cfg(test)]
