@@ -8,7 +8,7 @@ over the attention mask, L2 normalisation. Tokenisation is the HF `tokenizers` l
 with sentence-transformers' settings (truncation at max_seq_length 256, padding to the
 longest in the batch). Computed in float64, so it also bounds candle's float32 error.
 
-  python3 bench/embed_reference.py MODEL_DIR --fixture stages/src/embed/reference.json
+  python3 bench/embed_reference.py MODEL_DIR --fixture stages/src/toolkit/encoder/reference.json
   python3 bench/embed_reference.py MODEL_DIR --bench 256 --batch 32   # sentences/s (float32)
 
 MODEL_DIR holds model.safetensors, tokenizer.json, config.json (e.g. the folder the

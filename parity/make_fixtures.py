@@ -127,9 +127,9 @@ def main():
 
 def mpnet():
     """A tiny random MPNet (the architecture of all-mpnet-base-v2) for
-    `stages/src/embed/tests.rs`: hidden states of a padded batch."""
+    `stages/src/toolkit/encoder/tests.rs`: hidden states of a padded batch."""
     from transformers import MPNetConfig, MPNetModel
-    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "stages", "src", "embed", "mpnet-fixture")
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "stages", "src", "toolkit", "encoder", "mpnet-fixture")
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
     model = MPNetModel(MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

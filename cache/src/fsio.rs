@@ -14,7 +14,17 @@ use crate::CacheError;
 /// fsync, rename over `dest`, then a best-effort fsync of `dest`'s folder. A reader (or a
 /// crash) sees either the old file or the complete new one, never a partial one.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    let mut tmp = temp_file(tmp_dir, "write-")?;
+    write_atomic_with_prefix(tmp_dir, "write-", dest, bytes)
+}
+
+/// [`write_atomic`] with the temporary file's name starting with `prefix`.
+pub(crate) fn write_atomic_with_prefix(
+    tmp_dir: &Path,
+    prefix: &str,
+    dest: &Path,
+    bytes: &[u8],
+) -> Result<(), CacheError> {
+    let mut tmp = temp_file(tmp_dir, prefix)?;
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(CacheError::io("write", tmp.path()))?;

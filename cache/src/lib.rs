@@ -47,6 +47,9 @@ pub use objects::ObjectState;
 pub use records::{Failure, InputRef, OutputRef, Record, RecordState};
 pub use refs::Refs;
 
+/// The temporary file of a `VERSION` being written, in the cache root.
+const VERSION_TMP_PREFIX: &str = ".flow-version-";
+
 /// The cache layout version this crate reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
 
@@ -152,7 +155,9 @@ fn check_is_cache_or_empty(root: &Path) -> Result<(), CacheError> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    if names.is_empty() {
+    // Only the temporary VERSION of a cache another process is creating right now: it
+    // writes VERSION before anything else, so nothing else can be there yet.
+    if names.iter().all(|n| n.starts_with(VERSION_TMP_PREFIX)) {
         return Ok(());
     }
     names.sort();
@@ -193,11 +198,16 @@ fn check_version(root: &Path) -> Result<(), CacheError> {
             expected: LAYOUT_VERSION,
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // tmp/ may not exist yet; the atomic write needs it first. Two processes creating
-            // the cache at once both write the same content, so either rename winning is fine.
-            let tmp = root.join("tmp");
-            fsio::create_dir(&tmp)?;
-            fsio::write_atomic(&tmp, &path, format!("{LAYOUT_VERSION}\n").as_bytes())
+            // VERSION is the first thing a new cache holds (its temporary file sits in the
+            // root itself), so a concurrent `open` never sees a layout without it. Two
+            // processes creating the cache at once write the same content, so either rename
+            // winning is fine.
+            fsio::write_atomic_with_prefix(
+                root,
+                VERSION_TMP_PREFIX,
+                &path,
+                format!("{LAYOUT_VERSION}\n").as_bytes(),
+            )
         }
         Err(e) => Err(CacheError::io("read", path)(e)),
     }

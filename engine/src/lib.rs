@@ -23,6 +23,7 @@ mod testkit;
 pub mod value;
 
 pub use diag::{Diagnostic, ManifestErrors};
+pub use flow_cache::Area;
 pub use manifest::{LoadError, Manifest};
 pub use plan::{plan, Instance, Plan};
 pub use reason::{Change, StaleReason};

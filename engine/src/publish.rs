@@ -73,7 +73,16 @@ pub fn publish(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let result = publish_into(session, done, &root, &mut ledger);
-    // The ledger is written even when a file failed, so what was published is known.
+    // The ledger is written even when a file failed, so what was published is known;
+    // merged with what a concurrent run wrote meanwhile.
+    if let Some(theirs) = std::fs::read(&ledger_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Ledger>(&b).ok())
+    {
+        for (path, hash) in theirs.files {
+            ledger.files.entry(path).or_insert(hash);
+        }
+    }
     if !ledger.files.is_empty() {
         let text = serde_json::to_vec_pretty(&ledger).unwrap_or_default();
         write_atomic(&ledger_path, &text)?;
@@ -221,9 +230,33 @@ fn remove_leftovers(dir: &Path) {
         let Ok(ty) = entry.file_type() else { continue };
         if ty.is_dir() {
             remove_leftovers(&entry.path());
-        } else if ty.is_file() && entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-            let _ = std::fs::remove_file(entry.path());
+        } else if ty.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+                continue;
+            };
+            // Another run publishing into this folder right now owns its temporary file.
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if !pid.is_some_and(process_alive) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
+    }
+}
+
+/// Whether process `pid` is running (Linux: `/proc/<pid>`). Elsewhere it is taken as
+/// running: a leftover is kept rather than another run's file deleted.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        Path::new("/proc").join(pid.to_string()).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        true
     }
 }
 

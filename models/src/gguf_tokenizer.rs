@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::gguf_file::{Content, Value};
 use serde_json::json;
 
 use crate::{gguf_metadata, ModelError, Result};
@@ -33,7 +33,15 @@ fn strings(v: &Value, key: &str) -> Result<Vec<String>> {
 
 /// The `tokenizer.json` text equivalent to a GGUF file's tokenizer.
 pub fn tokenizer_json_from_gguf(path: &Path) -> Result<serde_json::Value> {
-    let content = gguf_metadata(path)?;
+    tokenizer_json_from_gguf_content(&gguf_metadata(path)?, path)
+}
+
+/// [`tokenizer_json_from_gguf`] from the metadata of the GGUF file at
+/// `path` (named in errors), already read.
+pub fn tokenizer_json_from_gguf_content(
+    content: &Content,
+    path: &Path,
+) -> Result<serde_json::Value> {
     let md = &content.metadata;
     let get = |k: &str| {
         md.get(k).ok_or_else(|| {
@@ -111,9 +119,19 @@ pub fn tokenizer_json_from_gguf(path: &Path) -> Result<serde_json::Value> {
     }))
 }
 
-/// The tokenizer of a GGUF file, from its metadata.
+/// The tokenizer of a GGUF file, from its metadata: the one tokenizer
+/// built from a GGUF, for generation and training alike.
 pub fn gguf_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
-    let json = tokenizer_json_from_gguf(path)?;
+    gguf_tokenizer_from_content(&gguf_metadata(path)?, path)
+}
+
+/// [`gguf_tokenizer`] from the metadata of the GGUF file at `path` (named
+/// in errors), already read (and checked: [`crate::open_gguf`]).
+pub fn gguf_tokenizer_from_content(
+    content: &Content,
+    path: &Path,
+) -> Result<tokenizers::Tokenizer> {
+    let json = tokenizer_json_from_gguf_content(content, path)?;
     let text = json.to_string();
     text.parse::<tokenizers::Tokenizer>().map_err(|e| {
         ModelError::Invalid(format!(

@@ -29,7 +29,10 @@ pub use bpe_files::{tokenizer_from_vocab_merges, tokenizer_json_from_vocab_merge
 pub use download::{
     hub_download, hub_endpoint, models_cache_dir, pypi_fetch_file, redact_url, MAX_JSON_BYTES,
 };
-pub use gguf_tokenizer::{gguf_tokenizer, tokenizer_json_from_gguf};
+pub use gguf_tokenizer::{
+    gguf_tokenizer, gguf_tokenizer_from_content, tokenizer_json_from_gguf,
+    tokenizer_json_from_gguf_content,
+};
 pub use guard::{open_gguf, read_gguf, FileError};
 
 #[derive(Debug, thiserror::Error)]

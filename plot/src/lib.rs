@@ -2,9 +2,11 @@
 //!
 //! A [`Figure`] is a row of panels; each panel is a line chart (optionally
 //! with a right-hand axis, as the paper draws test loss and diversity
-//! together), a histogram of several samples, or a scatter plot. The font is
-//! embedded (DejaVu Sans), so a figure looks the same on a machine without
-//! system fonts.
+//! together), a histogram of several samples, or a scatter plot. Line points
+//! may carry an interval (drawn as an error bar with caps) and reference
+//! lines a band; a footer line under the panels says what they mean. The
+//! font is embedded (DejaVu Sans), so a figure looks the same on a machine
+//! without system fonts.
 
 mod draw;
 mod histogram;
@@ -25,11 +27,14 @@ pub enum PlotError {
 
 pub type Result<T> = std::result::Result<T, PlotError>;
 
-/// A row of panels under one title.
+/// A row of panels under one title, with an optional footer line under them
+/// (e.g. "3 seeds per point; bars: 95% CI (Student t over seeds)"; empty:
+/// none).
 #[derive(Clone, Debug, Default)]
 pub struct Figure {
     pub title: String,
     pub panels: Vec<Panel>,
+    pub footer: String,
 }
 
 #[derive(Clone, Debug)]
@@ -69,12 +74,33 @@ pub struct RightAxis {
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// Per point, an interval `(low, high)` of its y drawn as an error bar
+    /// with caps (lines only); empty: none, else one entry per point.
+    pub intervals: Vec<Option<(f64, f64)>>,
+}
+
+impl Series {
+    /// A series without intervals.
+    pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            label: label.into(),
+            points,
+            intervals: Vec::new(),
+        }
+    }
+
+    /// The interval of point `i`, if any.
+    pub fn interval(&self, i: usize) -> Option<(f64, f64)> {
+        self.intervals.get(i).copied().flatten()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reference {
     pub label: String,
     pub y: f64,
+    /// An interval `(low, high)` of `y`, drawn as a light band across the panel.
+    pub interval: Option<(f64, f64)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +111,9 @@ pub struct Sample {
 
 /// Pixel size of one panel.
 pub const PANEL_SIZE: (u32, u32) = (640, 480);
+
+/// Pixel height of the footer line, when there is one.
+pub const FOOTER_HEIGHT: u32 = 30;
 
 impl Figure {
     fn check(&self) -> Result<()> {
@@ -101,13 +130,36 @@ impl Figure {
                     .flat_map(|s| &s.points)
                     .all(|(x, y)| x.is_finite() && y.is_finite())
             };
+            let ordered = |lo: f64, hi: f64| lo.is_finite() && hi.is_finite() && lo <= hi;
+            let intervals_ok = |s: &[Series]| {
+                s.iter().all(|s| {
+                    (s.intervals.is_empty() || s.intervals.len() == s.points.len())
+                        && s.intervals.iter().flatten().all(|&(lo, hi)| ordered(lo, hi))
+                })
+            };
             match &p.kind {
-                PanelKind::Lines { series, right, .. } => {
+                PanelKind::Lines {
+                    series,
+                    right,
+                    references,
+                    ..
+                } => {
                     if series.iter().all(|s| s.points.is_empty()) {
                         return Err(bad("no points"));
                     }
                     if !finite(series) || !right.as_ref().is_none_or(|r| finite(&r.series)) {
                         return Err(bad("a value is not finite"));
+                    }
+                    let all_ok = intervals_ok(series)
+                        && right.as_ref().is_none_or(|r| intervals_ok(&r.series))
+                        && references.iter().all(|r| {
+                            r.y.is_finite() && r.interval.is_none_or(|(lo, hi)| ordered(lo, hi))
+                        });
+                    if !all_ok {
+                        return Err(bad(
+                            "an interval is not finite, has low > high, or intervals and points \
+                             differ in number",
+                        ));
                     }
                 }
                 PanelKind::Scatter { series } => {
@@ -131,9 +183,17 @@ impl Figure {
         Ok(())
     }
 
-    /// Pixel size of the whole figure.
+    /// Pixel size of the whole figure (the footer adds its line).
     pub fn size(&self) -> (u32, u32) {
-        (PANEL_SIZE.0 * self.panels.len().max(1) as u32, PANEL_SIZE.1)
+        let footer = if self.footer.is_empty() {
+            0
+        } else {
+            FOOTER_HEIGHT
+        };
+        (
+            PANEL_SIZE.0 * self.panels.len().max(1) as u32,
+            PANEL_SIZE.1 + footer,
+        )
     }
 
     /// Writes `<stem>.svg` and `<stem>.png` into `dir`; returns both paths.

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flow_stages::data::rocstories;
-use flow_stages::dataset::Example;
-use flow_stages::score::distinct::{distinct, NgramCount};
-use flow_stages::score::tokenize::{Corpus, Tokenizer};
+use flow_stages::contracts::dataset::Example;
+use flow_stages::kinds::score::distinct::{distinct, NgramCount};
+use flow_stages::kinds::score::tokenize::{Corpus, Tokenizer};
+use flow_stages::toolkit::corpora::rocstories;
 
 const N: usize = 5;
 

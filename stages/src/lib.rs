@@ -1,55 +1,65 @@
-//! Stage kinds of `flow`: real data sources, mixing, scoring and tables.
+//! Stage kinds of `flow`: real data, generation, mixing, scoring, training,
+//! evaluation, embeddings, tables and figures.
 //!
-//! Every data stage exchanges one format, [`dataset`] (`data.jsonl`).
+//! - [`kinds`]: one module per stage kind (`kinds/<kind>.rs`, or
+//!   `kinds/<kind>/mod.rs` beside its `tests.rs`), each with its parameters
+//!   read once into a typed `Settings`. A kind never imports another kind
+//!   (`tests::kinds_import_no_other_kind` checks it): what kinds share lives
+//!   in the two modules below.
+//! - [`contracts`]: the files one stage writes and another reads (datasets,
+//!   topics, embeddings, adapters, t-SNE points, loss curves): their names,
+//!   writers and readers.
+//! - [`toolkit`]: helpers named for their job: model resolution and loading,
+//!   training, generation, text, cores, seeds, parameters, real corpora.
+//! - [`resources`]: what `[models.*]` and `[generators.*]` entries accept.
+//!
+//! A new kind is its module under `kinds/` and one line in the list below.
 
-pub mod data;
-pub mod dataset;
-pub mod embed;
-pub mod embed_kl;
-pub mod eval_loss;
-pub mod generate_qa;
-pub mod generate_stories;
-pub mod generation;
-pub mod mix;
-pub mod params;
-pub mod paraphrase;
-pub mod plot;
-pub mod replace;
+pub mod contracts;
 pub mod resources;
-pub mod score;
-pub mod seeds;
-pub mod source;
-pub mod subset;
-pub mod table;
-pub mod topics;
-pub mod train_lora;
-pub mod tsne;
+pub mod toolkit;
 
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod testutil;
 
-pub use mix::Mix;
-pub use score::Score;
-pub use source::Source;
-pub use table::Table;
+/// Declares the kind modules and registers their stages: one line a kind,
+/// `module::Type`, in the order `flow kinds` has always listed them.
+macro_rules! kinds {
+    ($($module:ident :: $stage:ident),* $(,)?) => {
+        /// One module per stage kind; see the crate documentation.
+        pub mod kinds {
+            $(pub mod $module;)*
+        }
 
-/// Registers every stage kind of this crate.
-pub fn register_all(registry: &mut flow_engine::Registry) {
-    resources::register(registry);
-    registry.register(Source);
-    registry.register(Mix);
-    registry.register(Score);
-    registry.register(Table);
-    registry.register(topics::Topics);
-    registry.register(generate_stories::GenerateStories);
-    registry.register(generate_qa::GenerateQa);
-    registry.register(paraphrase::Paraphrase);
-    registry.register(replace::Replace);
-    registry.register(train_lora::TrainLora);
-    registry.register(eval_loss::EvalLoss);
-    registry.register(plot::Plot);
-    registry.register(subset::Subset);
-    registry.register(embed::Embed);
-    registry.register(embed_kl::EmbedKl);
-    registry.register(tsne::Tsne);
+        /// The kind modules, as declared (for the layout test).
+        #[cfg(test)]
+        const KIND_MODULES: &[&str] = &[$(stringify!($module)),*];
+
+        /// Registers every stage kind of this crate and the resource sections.
+        pub fn register_all(registry: &mut flow_engine::Registry) {
+            resources::register(registry);
+            $(registry.register(kinds::$module::$stage);)*
+        }
+    };
+}
+
+kinds! {
+    source::Source,
+    mix::Mix,
+    score::Score,
+    table::Table,
+    topics::Topics,
+    generate_stories::GenerateStories,
+    generate_qa::GenerateQa,
+    paraphrase::Paraphrase,
+    replace::Replace,
+    train_lora::TrainLora,
+    eval_loss::EvalLoss,
+    plot::Plot,
+    subset::Subset,
+    embed::Embed,
+    embed_kl::EmbedKl,
+    tsne::Tsne,
 }

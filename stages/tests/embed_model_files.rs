@@ -8,12 +8,12 @@ use std::path::Path;
 
 use candle_core::Device;
 use flow_models::{Format, ResolvedModel, TokenizerSource};
-use flow_stages::embed::Encoder;
+use flow_stages::toolkit::encoder::Encoder;
 
 /// A copy of the tiny MPNet fixture with `config.json` edited; no tokenizer,
 /// so a checkpoint that passes every check fails on the tokenizer.
 fn checkpoint(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> ResolvedModel {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/embed/mpnet-fixture");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/toolkit/encoder/mpnet-fixture");
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();

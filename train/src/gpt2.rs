@@ -4,8 +4,9 @@
 //! output. Conv1D weights are stored (in, out) in checkpoints and turned to
 //! (out, in) at load; PEFT marks its adapters `fan_in_fan_out`.
 
-use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+
+use crate::error::{invalid, unsupported, Result};
 
 use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
 use crate::model::{check_positions, CausalLm};
@@ -77,14 +78,14 @@ impl Config {
 
     fn check(&self) -> Result<()> {
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            bail!(
+            invalid!(
                 "config.json: n_embd {} is not a multiple of n_head {}",
                 self.n_embd,
                 self.n_head
             );
         }
         if self.scale_attn_by_inverse_layer_idx || self.reorder_and_upcast_attn {
-            bail!(
+            unsupported!(
                 "config.json: scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn \
                  (Mistral's GPT-2 variants) are not supported"
             );
@@ -110,7 +111,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::GeluErf,
             "relu" => Activation::Relu,
-            other => bail!("activation function `{other}` is not supported"),
+            other => unsupported!("activation function `{other}` is not supported"),
         })
     }
 

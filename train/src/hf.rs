@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use crate::error::{Result, TrainError};
 use crate::gpt2::{self, Gpt2};
 use crate::llama::{self, Llama};
 use crate::model::CausalLm;
@@ -32,9 +32,10 @@ const PICKLE: &str = "pytorch_model.bin";
 pub const ARCHITECTURES: [&str; 3] = ["llama", "gpt2", "opt"];
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::io(format!("cannot read {}", path.display()), e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::json(format!("{} is not valid JSON", path.display()), e))
 }
 
 /// Where a checkpoint's tensors are.
@@ -55,7 +56,7 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
         let j = read_json(&index)?;
         let map = j["weight_map"]
             .as_object()
-            .with_context(|| format!("{}: no `weight_map`", index.display()))?;
+            .ok_or_else(|| TrainError::Invalid(format!("{}: no `weight_map`", index.display())))?;
         let mut files: Vec<PathBuf> = map
             .values()
             .filter_map(|v| v.as_str())
@@ -64,11 +65,11 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
         files.sort();
         files.dedup();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            bail!(
+            return Err(TrainError::Invalid(format!(
                 "{} lists {}, which is not there",
                 index.display(),
                 missing.display()
-            );
+            )));
         }
         return Ok(WeightFiles::Safetensors(files));
     }
@@ -76,7 +77,10 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
     if pickle.is_file() {
         return Ok(WeightFiles::Pickle(pickle));
     }
-    bail!("{} has none of {SINGLE}, {INDEX}, {PICKLE}", dir.display())
+    Err(TrainError::Invalid(format!(
+        "{} has none of {SINGLE}, {INDEX}, {PICKLE}",
+        dir.display()
+    )))
 }
 
 /// Every tensor of the checkpoint, in its stored dtype, on the CPU; each
@@ -85,8 +89,12 @@ fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
     let files = match weight_files(dir)? {
         WeightFiles::Safetensors(files) => files,
         WeightFiles::Pickle(pickle) => {
-            let tensors = candle_core::pickle::read_all(&pickle)
-                .with_context(|| format!("cannot read the PyTorch weights {}", pickle.display()))?;
+            let tensors = candle_core::pickle::read_all(&pickle).map_err(|e| {
+                TrainError::tensor(
+                    format!("cannot read the PyTorch weights {}", pickle.display()),
+                    e,
+                )
+            })?;
             return Ok(tensors.into_iter().collect());
         }
     };
@@ -97,13 +105,17 @@ fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
     }
     // Safety: the files are only read; a concurrent writer would be a user error,
     // as for every tool that maps checkpoints (transformers, candle).
-    let st = unsafe { MmapedSafetensors::multi(&files) }
-        .with_context(|| format!("cannot read the safetensors in {}", dir.display()))?;
+    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+        TrainError::tensor(
+            format!("cannot read the safetensors in {}", dir.display()),
+            e,
+        )
+    })?;
     let mut out = BTreeMap::new();
     for (name, _) in st.tensors() {
         let t = st
             .load(&name, &Device::Cpu)
-            .with_context(|| format!("tensor `{name}`"))?;
+            .map_err(|e| TrainError::tensor(format!("tensor `{name}`"), e))?;
         out.insert(name, t);
     }
     Ok(out)
@@ -115,12 +127,15 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn C
     let config = read_json(&config_path)?;
     let model_type = config["model_type"]
         .as_str()
-        .with_context(|| format!("{}: no `model_type`", config_path.display()))?
+        .ok_or_else(|| TrainError::Invalid(format!("{}: no `model_type`", config_path.display())))?
         .to_string();
-    let parse_err = || {
-        format!(
-            "{} does not describe a {model_type} model",
-            config_path.display()
+    let parse_err = |e| {
+        TrainError::json(
+            format!(
+                "{} does not describe a {model_type} model",
+                config_path.display()
+            ),
+            e,
         )
     };
     let tensors = read_tensors(dir)?;
@@ -133,26 +148,26 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn C
     flow_models::guard::check_config_json(&config, shapes, &config_path)?;
     match model_type.as_str() {
         "llama" => {
-            let c: llama::HfConfig = serde_json::from_value(config).with_context(parse_err)?;
+            let c: llama::HfConfig = serde_json::from_value(config).map_err(parse_err)?;
             let cfg = c.into_config()?;
             let w = Weights::new(tensors, &[], device).with_dtype(dtype);
             Ok(Box::new(Llama::from_weights(cfg, w, device)?))
         }
         "gpt2" => {
-            let c: gpt2::Config = serde_json::from_value(config).with_context(parse_err)?;
+            let c: gpt2::Config = serde_json::from_value(config).map_err(parse_err)?;
             let w = Weights::new(tensors, &["transformer."], device).with_dtype(dtype);
             Ok(Box::new(Gpt2::from_weights(c, w, device)?))
         }
         "opt" => {
-            let c: opt::Config = serde_json::from_value(config).with_context(parse_err)?;
+            let c: opt::Config = serde_json::from_value(config).map_err(parse_err)?;
             let w = Weights::new(tensors, &["model."], device).with_dtype(dtype);
             Ok(Box::new(Opt::from_weights(c, w, device)?))
         }
-        other => bail!(
+        other => Err(TrainError::Unsupported(format!(
             "{}: model_type `{other}` is not supported for training (supported: {})",
             config_path.display(),
             ARCHITECTURES.join(", ")
-        ),
+        ))),
     }
 }
 
@@ -177,17 +192,17 @@ pub fn tokenizer(dir: &Path, inner: tokenizers::Tokenizer) -> Result<Tokenizer> 
     let eos = eos_text
         .and_then(|t| inner.token_to_id(&t))
         .or_else(|| id_of(&config["eos_token_id"]))
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            TrainError::Invalid(format!(
                 "{}: no end-of-text token (eos_token in tokenizer_config.json or eos_token_id \
                  in config.json)",
                 dir.display()
-            )
+            ))
         })?;
     // Whether the tokenizer itself prepends BOS (Llama 3 does, GPT-2 does not).
     let probe = inner
         .encode("a", true)
-        .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+        .map_err(|e| TrainError::Tokenize(e.to_string()))?;
     let bos = id_of(&config["bos_token_id"]).filter(|b| probe.get_ids().first() == Some(b));
     Ok(Tokenizer { inner, eos, bos })
 }

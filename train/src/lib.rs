@@ -12,8 +12,10 @@
 //! - [`ops`]: differentiable RMSNorm, LayerNorm, RoPE, softmax, attention,
 //!   cross-entropy and a frozen-weight linear whose backward skips the
 //!   weight gradient; on the CPU the row-wise ones run as [`fused`] kernels.
+//! - [`error`]: [`TrainError`], what every fallible function here returns.
 
 pub mod data;
+pub mod error;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
@@ -30,6 +32,7 @@ pub mod weights;
 use std::path::Path;
 
 pub use candle_core::Device;
+pub use error::TrainError;
 pub use model::CausalLm;
 pub use tokenizer::Tokenizer;
 
@@ -65,15 +68,16 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Loads a model from a GGUF file (llama, with its own tokenizer), or from
-/// the Hugging Face checkpoint folder that holds `weights`
-/// (`model.safetensors`, its shards' index, or `pytorch_model.bin`) with the
-/// given tokenizer (default: `tokenizer.json` in that folder).
+/// Loads a model from a GGUF file (llama, with the tokenizer `flow_models`
+/// builds from its metadata, the one generation uses), or from the Hugging
+/// Face checkpoint folder that holds `weights` (`model.safetensors`, its
+/// shards' index, or `pytorch_model.bin`) with the given tokenizer
+/// (default: `tokenizer.json` in that folder).
 pub fn load(
     weights: &Path,
     tokenizer: Option<tokenizers::Tokenizer>,
     device: &Device,
-) -> anyhow::Result<Loaded> {
+) -> Result<Loaded, TrainError> {
     if weights.extension().and_then(|e| e.to_str()) == Some("gguf") {
         let g = gguf::load(weights, device)?;
         return Ok(Loaded {
@@ -91,7 +95,7 @@ pub fn load(
         None => {
             let path = dir.join("tokenizer.json");
             let tk = tokenizers::Tokenizer::from_file(&path)
-                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
+                .map_err(|e| TrainError::Invalid(format!("cannot load {}: {e}", path.display())))?;
             // Its padding (every encoding is padded to it) is bounded.
             flow_models::guard::check_tokenizer(&tk, &path)?;
             tk
@@ -107,13 +111,13 @@ pub fn load(
         || t.eos as usize >= vocab
         || t.bos.is_some_and(|b| b as usize >= vocab);
     if outside {
-        anyhow::bail!(
+        return Err(TrainError::Invalid(format!(
             "{}: the tokenizer ({} tokens, end token {}) does not fit the model's {vocab}-token \
              vocabulary",
             dir.display(),
             t.inner.get_vocab_size(true),
             t.eos
-        );
+        )));
     }
     Ok(loaded)
 }

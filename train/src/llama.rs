@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context as _, Result};
+use crate::error::{invalid, unsupported, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -96,18 +96,20 @@ impl HfConfig {
     /// The model config; RoPE types other than the default and `llama3` are an error.
     pub fn into_config(self) -> Result<Config> {
         if self.attention_bias || self.mlp_bias {
-            bail!("config.json: llama variants with attention_bias or mlp_bias are not supported");
+            unsupported!(
+                "config.json: llama variants with attention_bias or mlp_bias are not supported"
+            );
         }
         let heads = self.num_attention_heads;
         if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
-            bail!(
+            invalid!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {heads}",
                 self.hidden_size
             );
         }
         if let Some(hd) = self.head_dim {
             if hd != self.hidden_size / heads {
-                bail!(
+                unsupported!(
                     "config.json: head_dim {hd} != hidden_size / num_attention_heads (unsupported)"
                 );
             }
@@ -121,11 +123,14 @@ impl HfConfig {
             None => None,
             Some(r) => match r["rope_type"].as_str().or(r["type"].as_str()) {
                 None | Some("default") => None,
-                Some("llama3") => Some(serde_json::from_value(r.clone()).context(
-                    "config.json: llama3 rope scaling needs factor, low_freq_factor, \
-                     high_freq_factor and original_max_position_embeddings",
-                )?),
-                Some(other) => bail!("config.json: RoPE type `{other}` is not supported"),
+                Some("llama3") => Some(serde_json::from_value(r.clone()).map_err(|e| {
+                    TrainError::json(
+                        "config.json: llama3 rope scaling needs factor, low_freq_factor, \
+                         high_freq_factor and original_max_position_embeddings",
+                        e,
+                    )
+                })?),
+                Some(other) => unsupported!("config.json: RoPE type `{other}` is not supported"),
             },
         };
         Ok(Config {
@@ -221,17 +226,19 @@ impl Llama {
     /// [`Llama::from_tensors`] from a checkpoint's [`Weights`].
     pub fn from_weights(config: Config, mut w: Weights, device: &Device) -> Result<Self> {
         let d = config.hidden_size;
-        anyhow::ensure!(
-            config.num_attention_heads > 0
-                && d.is_multiple_of(config.num_attention_heads)
-                && config.num_key_value_heads > 0
-                && config
-                    .num_attention_heads
-                    .is_multiple_of(config.num_key_value_heads),
-            "llama config: {d} wide with {} heads and {} kv heads is not a valid shape",
-            config.num_attention_heads,
-            config.num_key_value_heads
-        );
+        let valid = config.num_attention_heads > 0
+            && d.is_multiple_of(config.num_attention_heads)
+            && config.num_key_value_heads > 0
+            && config
+                .num_attention_heads
+                .is_multiple_of(config.num_key_value_heads);
+        if !valid {
+            invalid!(
+                "llama config: {d} wide with {} heads and {} kv heads is not a valid shape",
+                config.num_attention_heads,
+                config.num_key_value_heads
+            );
+        }
         let kv = config.num_key_value_heads * config.head_dim();
         let ff = config.intermediate_size;
         let embed_tokens = w.take_shaped("model.embed_tokens.weight", &[config.vocab_size, d])?;

@@ -6,10 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::error::{invalid, Result};
 
 /// A projection that can carry an adapter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl Targets {
         }
         for t in targets {
             if self.select(t).is_empty() {
-                bail!(
+                invalid!(
                     "unknown LoRA target module `{t}` ({} has {})",
                     self.arch,
                     self.names().join(", ")
@@ -257,7 +258,7 @@ impl Lora {
     /// trained on another architecture or size is an error, not a no-op).
     pub fn check_fits(&self, targets: &Targets) -> Result<()> {
         if self.layer_prefix != targets.layer_prefix {
-            bail!(
+            invalid!(
                 "the adapter's layers are named `{}N`, the {} model's `{}N`: it was trained on \
                  another architecture",
                 self.layer_prefix,
@@ -267,13 +268,13 @@ impl Lora {
         }
         for ((layer, path), ad) in &self.adapters {
             let Some(m) = targets.module(path) else {
-                bail!(
+                invalid!(
                     "the adapter has a module `{path}` that {} has not",
                     targets.arch
                 );
             };
             if *layer >= targets.layers {
-                bail!(
+                invalid!(
                     "the adapter has layer {layer}; the model has {} layers",
                     targets.layers
                 );
@@ -281,7 +282,7 @@ impl Lora {
             let (r, inp) = ad.a.as_tensor().dims2()?;
             let (out, r2) = ad.b.as_tensor().dims2()?;
             if inp != m.in_dim || out != m.out_dim || r != r2 {
-                bail!(
+                invalid!(
                     "adapter {path} of layer {layer} is ({out}x{r2})({r}x{inp}); the model's \
                      projection is {}x{}",
                     m.out_dim,

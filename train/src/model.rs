@@ -2,9 +2,9 @@
 //! hidden states with adapters applied, the output projection, and where
 //! adapters can go.
 
-use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
+use crate::error::{Result, TrainError};
 use crate::lora::{Dropout, Lora, Targets};
 use crate::ops;
 
@@ -103,10 +103,10 @@ impl Batch {
 /// An error when `len` tokens exceed a model's learned `positions`.
 pub fn check_positions(len: usize, positions: usize, arch: &str) -> Result<()> {
     if len > positions {
-        anyhow::bail!(
+        return Err(TrainError::Data(format!(
             "sequence of {len} tokens is longer than {arch}'s {positions} positions (lower \
              max_seq_len)"
-        );
+        )));
     }
     Ok(())
 }

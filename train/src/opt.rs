@@ -5,8 +5,9 @@
 //! optional `project_in`/`project_out` when the embedding is narrower than
 //! the model (350M).
 
-use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+
+use crate::error::{invalid, unsupported, Result};
 
 use crate::gpt2::Activation;
 use crate::lora::{adapt, model_dropout, Dropout, Lora, Module, Targets};
@@ -120,14 +121,14 @@ impl Opt {
     pub fn from_weights(config: Config, mut w: Weights, device: &Device) -> Result<Self> {
         let (d, ff, e) = (config.hidden_size, config.ffn_dim, config.embed_dim());
         if config.num_attention_heads == 0 || !d.is_multiple_of(config.num_attention_heads) {
-            bail!(
+            invalid!(
                 "config.json: hidden_size {d} is not a multiple of num_attention_heads {}",
                 config.num_attention_heads
             );
         }
         let activation = Activation::parse(&config.activation_function)?;
         if config.layerdrop > 0.0 {
-            bail!(
+            unsupported!(
                 "config.json: layerdrop {} is not supported",
                 config.layerdrop
             );

@@ -1,6 +1,6 @@
 //! A tokenizer plus the special ids training needs.
 
-use anyhow::Result;
+use crate::error::{Result, TrainError};
 
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
@@ -17,7 +17,7 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+            .map_err(|e| TrainError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 }

@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::error::{invalid, unsupported, Result, TrainError};
 use crate::lora::{Adapter, Dropout, Lora, LoraConfig};
 use crate::model::{scalar, Batch, CausalLm};
 
@@ -154,7 +154,8 @@ impl TrainReport {
     }
 }
 
-/// Returned when [`Monitor::stop`] asked to stop (state is checkpointed).
+/// Why a run ended early when [`Monitor::stop`] asked it to (the state is
+/// checkpointed): returned as [`TrainError::Stopped`].
 #[derive(Debug)]
 pub struct Stopped;
 impl std::fmt::Display for Stopped {
@@ -183,7 +184,7 @@ pub fn train(
     monitor: &dyn Monitor,
 ) -> Result<TrainReport> {
     if seqs.is_empty() {
-        bail!("no training examples");
+        return Err(TrainError::Data("no training examples".into()));
     }
     let dev = model.device();
     let vars: Vec<(String, &Var)> = lora.named_vars();
@@ -256,7 +257,7 @@ pub fn train(
                 for (i, (name, var)) in vars.iter().enumerate() {
                     let gi = g
                         .get(var.as_tensor())
-                        .with_context(|| format!("no gradient for {name}"))?;
+                        .ok_or_else(|| TrainError::Invalid(format!("no gradient for {name}")))?;
                     grads[i] = Some(match grads[i].take() {
                         Some(acc) => (acc + gi)?,
                         None => gi.clone(),
@@ -327,9 +328,10 @@ fn save(
         Tensor::new(&[report.tokens as u64 as i64], &Device::Cpu)?,
     );
     let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&t, &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    candle_core::safetensors::save(&t, &tmp)
+        .map_err(|e| TrainError::tensor(format!("writing checkpoint {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| TrainError::io(format!("rename to {}", path.display()), e))
 }
 
 fn restore(
@@ -340,10 +342,11 @@ fn restore(
     dev: &Device,
 ) -> Result<usize> {
     let t = candle_core::safetensors::load(path, dev)
-        .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        .map_err(|e| TrainError::tensor(format!("reading checkpoint {}", path.display()), e))?;
     let get = |k: &str| -> Result<&Tensor> {
-        t.get(k)
-            .with_context(|| format!("checkpoint {} has no `{k}`", path.display()))
+        t.get(k).ok_or_else(|| {
+            TrainError::Invalid(format!("checkpoint {} has no `{k}`", path.display()))
+        })
     };
     for (i, (name, var)) in vars.iter().enumerate() {
         var.set(get(&format!("param.{name}"))?)?;
@@ -390,7 +393,8 @@ pub fn eval_sum(
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT).
 pub fn save_peft(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::io(format!("create {}", dir.display()), e))?;
     let c = &lora.config;
     let config = serde_json::json!({
         "alpha_pattern": {},
@@ -414,16 +418,18 @@ pub fn save_peft(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
         "use_dora": false,
         "use_rslora": false
     });
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        serde_json::to_string_pretty(&config)? + "\n",
-    )?;
+    let config_path = dir.join("adapter_config.json");
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| TrainError::json(format!("writing {}", config_path.display()), e))?;
+    std::fs::write(&config_path, text + "\n")
+        .map_err(|e| TrainError::io(format!("write {}", config_path.display()), e))?;
     let mut t: HashMap<String, Tensor> = HashMap::new();
     for (name, var) in lora.named_vars() {
         t.insert(name, var.as_tensor().to_device(&Device::Cpu)?);
     }
-    candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
-    Ok(())
+    let weights_path = dir.join("adapter_model.safetensors");
+    candle_core::safetensors::save(&t, &weights_path)
+        .map_err(|e| TrainError::tensor(format!("writing {}", weights_path.display()), e))
 }
 
 /// Reads a PEFT LoRA adapter written by [`save_peft`] or by PEFT itself.
@@ -438,26 +444,31 @@ pub fn load_peft(dir: &Path, device: &Device) -> Result<Lora> {
 /// [`load_peft`] from the two files wherever they are.
 pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device) -> Result<Lora> {
     let dir = config_path;
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("{} is not a PEFT adapter config", dir.display()))?;
-    let j: serde_json::Value = serde_json::from_str(&text)?;
+    let text = std::fs::read_to_string(config_path).map_err(|e| {
+        TrainError::io(format!("{} is not a PEFT adapter config", dir.display()), e)
+    })?;
+    let j: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::json(format!("{} is not valid JSON", dir.display()), e))?;
     if j["peft_type"] != "LORA" {
-        bail!("adapter in {} is not LoRA", dir.display());
+        unsupported!("adapter in {} is not LoRA", dir.display());
     }
     if j["use_dora"] == true || j["use_rslora"] == true {
-        bail!("DoRA and rsLoRA adapters are not supported");
+        unsupported!("DoRA and rsLoRA adapters are not supported");
     }
-    let rank = j["r"].as_u64().context("adapter_config.json: no `r`")? as usize;
-    let alpha = j["lora_alpha"]
-        .as_f64()
-        .context("adapter_config.json: no `lora_alpha`")?;
+    let Some(rank) = j["r"].as_u64() else {
+        invalid!("adapter_config.json: no `r`");
+    };
+    let rank = rank as usize;
+    let Some(alpha) = j["lora_alpha"].as_f64() else {
+        invalid!("adapter_config.json: no `lora_alpha`");
+    };
     let target_modules: Vec<String> = match &j["target_modules"] {
         serde_json::Value::Array(a) => a
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect(),
         serde_json::Value::String(s) => vec![s.clone()],
-        _ => bail!("adapter_config.json: unsupported `target_modules`"),
+        _ => unsupported!("adapter_config.json: unsupported `target_modules`"),
     };
     let config = LoraConfig {
         rank,
@@ -465,21 +476,26 @@ pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device)
         dropout: j["lora_dropout"].as_f64().unwrap_or(0.0),
         target_modules,
     };
-    let tensors = candle_core::safetensors::load(weights_path, device)
-        .with_context(|| format!("reading adapter weights {}", weights_path.display()))?;
+    let tensors = candle_core::safetensors::load(weights_path, device).map_err(|e| {
+        TrainError::tensor(
+            format!("reading adapter weights {}", weights_path.display()),
+            e,
+        )
+    })?;
     let mut adapters = BTreeMap::new();
     let mut layer_prefix: Option<String> = None;
     for (name, a) in &tensors {
         let Some(prefix) = name.strip_suffix(".lora_A.weight") else {
             continue;
         };
-        let b = tensors
-            .get(&format!("{prefix}.lora_B.weight"))
-            .with_context(|| format!("adapter has {name} but no lora_B"))?;
-        let (layers, layer, path) = split_peft_name(prefix)
-            .with_context(|| format!("unexpected adapter tensor name {name}"))?;
+        let Some(b) = tensors.get(&format!("{prefix}.lora_B.weight")) else {
+            invalid!("adapter has {name} but no lora_B");
+        };
+        let Some((layers, layer, path)) = split_peft_name(prefix) else {
+            invalid!("unexpected adapter tensor name {name}");
+        };
         match &layer_prefix {
-            Some(p) if *p != layers => bail!("adapter mixes layers `{p}N` and `{layers}N`"),
+            Some(p) if *p != layers => invalid!("adapter mixes layers `{p}N` and `{layers}N`"),
             _ => layer_prefix = Some(layers),
         }
         adapters.insert(
@@ -494,7 +510,8 @@ pub fn load_peft_files(config_path: &Path, weights_path: &Path, device: &Device)
     Ok(Lora {
         config,
         adapters,
-        layer_prefix: layer_prefix.context("the adapter holds no LoRA tensors")?,
+        layer_prefix: layer_prefix
+            .ok_or_else(|| TrainError::Invalid("the adapter holds no LoRA tensors".into()))?,
         fan_in_fan_out: j["fan_in_fan_out"] == true,
     })
 }

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
 use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, TrainError};
 
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
@@ -44,7 +45,7 @@ impl Weights {
         let w = self
             .tensors
             .remove(name)
-            .with_context(|| format!("the checkpoint has no tensor `{name}`"))?;
+            .ok_or_else(|| TrainError::Invalid(format!("the checkpoint has no tensor `{name}`")))?;
         Ok(w.to_dtype(self.dtype)?
             .to_device(&self.device)?
             .contiguous()?)
@@ -53,11 +54,12 @@ impl Weights {
     /// [`Weights::take`], checking the shape.
     pub fn take_shaped(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let w = self.take(name)?;
-        anyhow::ensure!(
-            w.dims() == shape,
-            "tensor `{name}` has shape {:?}, the config implies {shape:?}",
-            w.dims()
-        );
+        if w.dims() != shape {
+            return Err(TrainError::Invalid(format!(
+                "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                w.dims()
+            )));
+        }
         Ok(w)
     }
 

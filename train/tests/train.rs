@@ -134,7 +134,11 @@ fn killed_training_resumes_to_the_same_result() {
         limit: 3,
     };
     let err = trainer::train(&model, &lora_b, &data, &tc, 0, Some(dir.path()), &stop).unwrap_err();
-    assert!(err.is::<trainer::Stopped>());
+    assert!(err.is_stopped(), "{err}");
+    assert!(matches!(
+        err,
+        flow_train::TrainError::Stopped(trainer::Stopped)
+    ));
     // A new process: fresh adapter init, state from the work folder.
     let lora_c = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
     let resumed = trainer::train(&model, &lora_c, &data, &tc, 0, Some(dir.path()), &Quiet).unwrap();

@@ -19,23 +19,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// e^x within 5e-7 relative (0 below -87, +inf above 88): 2^k e^r with
-/// |r| <= ln2/2 and a degree-6 Taylor polynomial. Unlike libm's expf it has
-/// no branches or calls, so a loop of it vectorizes.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + 0.5).floor();
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
-}
+/// e^x within 5e-7 relative (0 below -87, +inf above 88), branch-free so a
+/// loop of it vectorizes: the trainer's fused kernels' own, one copy for
+/// training and generation.
+pub use flow_train::fused::exp_f32 as exp;
 
 /// SiLU(g) * u for every element (llama's gated feed-forward), into `out`.
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -71,18 +58,6 @@ pub(crate) fn has_avx2() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_matches_libm_on_the_softmax_range() {
-        let mut worst = 0f32;
-        for i in 0..=200_000 {
-            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-    }
 
     #[test]
     fn swiglu_is_silu_of_the_gate_times_up() {

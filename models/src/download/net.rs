@@ -1,10 +1,20 @@
-//! HTTP plumbing of the downloads: where the hub token may go, redirects
-//! followed by hand (so the token never follows one to another host, and
-//! the hub's checksum headers on the redirect are seen), JSON answers read
-//! with a cap, and URLs shown without their credentials.
+//! HTTP plumbing of the downloads: the client, where the hub token may go,
+//! redirects followed by hand (so the token never follows one to another
+//! host, and the hub's checksum headers on the redirect are seen), JSON
+//! answers read with a cap, and URLs shown without their credentials.
+//!
+//! The client is reqwest, the workspace's one HTTP stack (flow-generate's
+//! OpenAI backend runs on the same reqwest), on a current-thread tokio
+//! runtime per download: rustls with
+//! the operating system's trust store (`rustls-tls-native-roots`), so a
+//! proxy's root CA installed on the machine is trusted; `HTTPS_PROXY`,
+//! `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` are honoured.
 
-use std::io::Read;
 use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::{Client, Response};
 
 use crate::{ModelError, Result};
 
@@ -190,9 +200,101 @@ impl Token {
     }
 }
 
+/// The HTTP client of the downloads, driven from synchronous code on a
+/// runtime of its own (one thread: this one): 30 s to connect, 120 s at
+/// most without a byte from the server (a slow download that keeps coming
+/// is not cut off), no redirects followed by the client itself (see
+/// [`get`]), no compression asked for (a `Range` counts bytes of the file).
+pub(crate) struct Http {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Http {
+    pub(crate) fn new() -> Result<Http> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ModelError::io("start the HTTP runtime", e))?;
+        let client = Client::builder()
+            .user_agent(concat!("flow/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ModelError::Download(format!("HTTP client: {}", error_text(e, ""))))?;
+        Ok(Http { rt, client })
+    }
+
+    /// The next piece of the body of `resp` (the answer to `url`); `None` at its end.
+    pub(crate) fn chunk(
+        &self,
+        resp: &mut Response,
+        url: &str,
+    ) -> Result<Option<impl std::ops::Deref<Target = [u8]>>> {
+        self.rt.block_on(async { resp.chunk().await }).map_err(|e| {
+            ModelError::Download(format!("GET {}: {}", redact_url(url), error_text(e, url)))
+        })
+    }
+}
+
+/// Runs `f` (which does blocking HTTP on a runtime of its own) off any
+/// tokio runtime the caller is on: a runtime cannot be driven from inside
+/// another, so there it runs on a thread of its own. Elsewhere it runs here.
+pub(crate) fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// An HTTP error as text: reqwest's message and its causes, without the URL
+/// (the caller names it, redacted), and with any credentials of `url`
+/// scrubbed from what the causes say.
+pub(crate) fn error_text(e: reqwest::Error, url: &str) -> String {
+    let e = e.without_url();
+    scrub(
+        &with_causes(e.to_string(), std::error::Error::source(&e)),
+        url,
+    )
+}
+
+/// `text`, then each cause that it does not already say, `: `-separated.
+fn with_causes(mut text: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `text` without `url` itself or its user info, should either appear in it.
+fn scrub(text: &str, url: &str) -> String {
+    if url.is_empty() {
+        return text.to_string();
+    }
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if !userinfo.is_empty() {
+                out = out.replace(userinfo, "***");
+            }
+        }
+    }
+    out
+}
+
 /// A response after the redirects, with what the hub said on the way.
 pub(crate) struct Fetched {
-    pub resp: ureq::http::Response<ureq::Body>,
+    pub resp: Response,
     /// The hub's sha256 of an LFS file (`X-Linked-Etag`).
     pub linked_sha256: Option<String>,
     /// The hub's size of an LFS file (`X-Linked-Size`).
@@ -202,7 +304,7 @@ pub(crate) struct Fetched {
 /// GETs `url` with `headers`, following redirects by hand: `Authorization`
 /// goes only where `token` allows, so never to another host.
 pub(crate) fn get(
-    agent: &ureq::Agent,
+    http: &Http,
     url: &str,
     headers: &[(&str, String)],
     token: Option<&Token>,
@@ -211,16 +313,22 @@ pub(crate) fn get(
     let mut linked_sha256 = None;
     let mut linked_size = None;
     for _ in 0..=MAX_REDIRECTS {
-        let mut req = agent.get(&url);
+        let mut req = http.client.get(&url);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         if let Some(auth) = token.and_then(|t| t.for_url(&url)) {
-            req = req.header("Authorization", auth);
+            let mut v = HeaderValue::from_str(auth).map_err(|_| {
+                ModelError::Invalid("HF_TOKEN has characters a header cannot carry".into())
+            })?;
+            // Kept out of reqwest's own Debug output of requests.
+            v.set_sensitive(true);
+            req = req.header(AUTHORIZATION, v);
         }
-        let resp = req
-            .call()
-            .map_err(|e| ModelError::Download(format!("GET {}: {e}", redact_url(&url))))?;
+        // The request's timers belong to the runtime: made inside it.
+        let resp = http.rt.block_on(async { req.send().await }).map_err(|e| {
+            ModelError::Download(format!("GET {}: {}", redact_url(&url), error_text(e, &url)))
+        })?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -290,19 +398,18 @@ fn join(base: &str, location: &str) -> Option<String> {
 }
 
 /// The body of `resp` (the answer to `url`), at most `cap` bytes.
-pub(crate) fn read_capped(body: ureq::Body, cap: u64, url: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_capped(http: &Http, mut resp: Response, cap: u64, url: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    body.into_reader()
-        .take(cap.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| ModelError::Download(format!("GET {}: {e}", redact_url(url))))?;
-    if out.len() as u64 > cap {
-        return Err(ModelError::Download(format!(
-            "answer from {} exceeds {} (GET {})",
-            host_of(url),
-            size_text(cap),
-            redact_url(url)
-        )));
+    while let Some(piece) = http.chunk(&mut resp, url)? {
+        out.extend_from_slice(&piece);
+        if out.len() as u64 > cap {
+            return Err(ModelError::Download(format!(
+                "answer from {} exceeds {} (GET {})",
+                host_of(url),
+                size_text(cap),
+                redact_url(url)
+            )));
+        }
     }
     Ok(out)
 }

@@ -13,6 +13,7 @@ use crate::{resolve, Format, ModelSpec};
 struct Seen {
     path: String,
     authorization: Option<String>,
+    range: Option<String>,
 }
 
 /// What a test server answers: status, headers, body.
@@ -24,6 +25,14 @@ type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 fn server(
     bind: &str,
     handler: impl Fn(&str, Option<&str>) -> Reply + Send + 'static,
+) -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    server_with_range(bind, move |path, auth, _| handler(path, auth))
+}
+
+/// [`server`], the handler also given the request's `Range`.
+fn server_with_range(
+    bind: &str,
+    handler: impl Fn(&str, Option<&str>, Option<&str>) -> Reply + Send + 'static,
 ) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let listener = std::net::TcpListener::bind(bind).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -39,6 +48,7 @@ fn server(
             }
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let mut authorization = None;
+            let mut range = None;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -48,13 +58,18 @@ fn server(
                     if k.trim().eq_ignore_ascii_case("authorization") {
                         authorization = Some(v.trim().to_string());
                     }
+                    if k.trim().eq_ignore_ascii_case("range") {
+                        range = Some(v.trim().to_string());
+                    }
                 }
             }
             log.lock().unwrap().push(Seen {
                 path: path.clone(),
                 authorization: authorization.clone(),
+                range: range.clone(),
             });
-            let (status, headers, body) = handler(&path, authorization.as_deref());
+            let (status, headers, body) =
+                handler(&path, authorization.as_deref(), range.as_deref());
             let mut head = format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
                 body.len()
@@ -389,7 +404,9 @@ fn a_shard_outside_the_repository_is_refused() {
 fn a_json_answer_past_the_cap_fails_naming_the_host() {
     let (port, _) = server("127.0.0.1:0", |_, _| ok(&vec![b' '; 3 << 20]));
     let url = format!("http://127.0.0.1:{port}/pypi/x/json");
-    let err = get_json_capped(&url, 1 << 20).unwrap_err().to_string();
+    let err = get_json_capped(&Http::new().unwrap(), &url, 1 << 20)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&format!("answer from 127.0.0.1:{port} exceeds 1 MiB")),
         "{err}"
@@ -397,7 +414,7 @@ fn a_json_answer_past_the_cap_fails_naming_the_host() {
     let (port, _) = server("127.0.0.1:0", |_, _| ok(br#"{"info": {"version": "1"}}"#));
     let url = format!("http://127.0.0.1:{port}/pypi/x/json");
     assert_eq!(
-        get_json_capped(&url, 1 << 20).unwrap()["info"]["version"],
+        get_json_capped(&Http::new().unwrap(), &url, 1 << 20).unwrap()["info"]["version"],
         "1"
     );
 }
@@ -449,9 +466,12 @@ fn urls_are_shown_without_credentials() {
     assert_eq!(redact_url("https://u@h"), "https://***@h");
     assert_eq!(redact_url("not a url"), "not a url");
     let (port, _) = server("127.0.0.1:0", |_, _| not_found());
-    let err = get_json(&format!("http://me:hunter2@127.0.0.1:{port}/x"))
-        .unwrap_err()
-        .to_string();
+    let err = get_json(
+        &Http::new().unwrap(),
+        &format!("http://me:hunter2@127.0.0.1:{port}/x"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(!err.contains("hunter2") && err.contains("404"), "{err}");
 }
 
@@ -515,4 +535,91 @@ fn dataset_downloads_keep_the_token_home_and_check_the_sha256() {
         .filter(|p| !p.to_string_lossy().ends_with(".lock"))
         .collect();
     assert!(left.is_empty(), "kept: {left:?}");
+}
+
+/// An interrupted download resumes: the `.part` left behind is asked for
+/// from where it ends (`Range`), the rest appended (206), the whole checked
+/// against the hub's sha256; a server that ignores the range (200) sends
+/// the file again from the start.
+#[test]
+fn an_interrupted_download_resumes_from_its_part_file() {
+    let file: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = sha256_hex(&file);
+    let (port, seen) = server_with_range("127.0.0.1:0", {
+        let file = file.clone();
+        move |path, _, range| {
+            let etag = ("X-Linked-Etag".to_string(), format!("\"{sha}\""));
+            let from = range
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse::<usize>().ok());
+            match (path, from) {
+                ("/datasets/org/set/resolve/main/ranged.bin", Some(n)) => {
+                    (206, vec![etag], file[n..].to_vec())
+                }
+                _ => (200, vec![etag], file.clone()),
+            }
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ranged.bin", "whole.bin"] {
+        let dest = dir.path().join(name);
+        fs::write(dir.path().join(format!("{name}.part")), &file[..30_000]).unwrap();
+        hub_download_at(
+            &endpoint,
+            None,
+            &format!("datasets/org/set/resolve/main/{name}"),
+            &dest,
+        )
+        .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), file, "{name}");
+        assert!(!dir.path().join(format!("{name}.part")).exists());
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.range.as_deref() == Some("bytes=30000-")),
+        "{seen:?}"
+    );
+}
+
+/// The downloads run from async code too (on a thread of their own: their
+/// HTTP runtime cannot run inside the caller's).
+#[test]
+fn downloads_run_from_inside_a_tokio_runtime() {
+    let (port, _) = server("127.0.0.1:0", |_, _| ok(b"rows"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("rows.jsonl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        off_async(|| hub_download_at(&endpoint, None, "datasets/a/b/resolve/main/r", &dest))
+            .unwrap();
+    });
+    assert_eq!(fs::read(&dest).unwrap(), b"rows");
+}
+
+/// A request that fails before any answer (nothing listens) names the host,
+/// never the URL's credentials.
+#[test]
+fn a_failed_connection_is_shown_without_credentials() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://me:hunter2@127.0.0.1:{port}/pypi/x/json?token=sk-9");
+    let err = get_json(&Http::new().unwrap(), &url)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains("hunter2")
+            && !err.contains("sk-9")
+            && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }

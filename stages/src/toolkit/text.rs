@@ -1,0 +1,107 @@
+//! Text helpers of the generation kinds: prompt templates, sentence
+//! splitting, list markers; and CSV field quoting for the kinds that write
+//! CSV.
+
+/// Fills `{name}` placeholders of a prompt template.
+pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// Splits text into sentences (ends at `.`, `!`, `?` followed by space or the end).
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        cur.push(c);
+        i += 1;
+        if !matches!(c, '.' | '!' | '?') {
+            continue;
+        }
+        // A closing quote after the punctuation belongs to the sentence.
+        let mut j = i;
+        while j < chars.len() && matches!(chars[j], '"' | '\u{201d}' | '\'') {
+            j += 1;
+        }
+        if chars.get(j).is_none_or(|n| n.is_whitespace()) {
+            cur.extend(&chars[i..j]);
+            i = j;
+            let s = cur.trim().to_string();
+            if !s.is_empty() {
+                out.push(s);
+            }
+            cur.clear();
+        }
+    }
+    let rest = cur.trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+/// Removes list markers (`1.`, `-`, `*`, `Q1:`) and quotes around a line.
+pub fn strip_marker(line: &str) -> String {
+    let mut s = line.trim();
+    s = s.trim_start_matches(['-', '*', '•']).trim_start();
+    let digits = s.chars().take_while(char::is_ascii_digit).count();
+    if digits > 0 {
+        let rest = &s[digits..];
+        if let Some(r) = rest.strip_prefix(['.', ')', ':']) {
+            s = r.trim_start();
+        }
+    }
+    s.trim_matches(['"', '*', '\'']).trim().to_string()
+}
+
+/// RFC 4180 quoting: a field with a comma, quote or line break is quoted.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_split_on_terminal_punctuation() {
+        let s = sentences("Tom ran. He fell! Why? Mr. X came. \"Yes.\" done");
+        assert_eq!(s[0], "Tom ran.");
+        assert_eq!(s[1], "He fell!");
+        assert_eq!(s[2], "Why?");
+        assert_eq!(s[s.len() - 2], "\"Yes.\"");
+        assert_eq!(s.last().unwrap(), "done");
+    }
+
+    #[test]
+    fn markers_are_stripped() {
+        assert_eq!(strip_marker("1. Time travel"), "Time travel");
+        assert_eq!(strip_marker("- \"Betrayal\""), "Betrayal");
+        assert_eq!(strip_marker("12) **Space**"), "Space");
+    }
+
+    #[test]
+    fn fill_replaces_placeholders() {
+        assert_eq!(
+            fill("a {x} b {x} {y}", &[("x", "1"), ("y", "2")]),
+            "a 1 b 1 2"
+        );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_they_need_it() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), r#""say ""hi""""#);
+    }
+}
