@@ -244,11 +244,38 @@ fn status(registry: &Registry, dirs: &Dirs, args: StatusArgs) -> Result<ExitCode
         let mut files = Vec::new();
         flow_engine::publish::list_files(&results, &mut files);
         files.sort();
-        for f in files {
-            println!("  {}", f.strip_prefix(&results).unwrap_or(&f).display());
+        for f in &files {
+            println!("  {}", f.strip_prefix(&results).unwrap_or(f).display());
         }
+        print_findings(&results, &files);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The verdicts of the findings a run published (`findings.json` of `findings` stages).
+fn print_findings(results: &Path, files: &[PathBuf]) {
+    for f in files.iter().filter(|f| f.ends_with("findings.json")) {
+        let Some(doc) = std::fs::read(f)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        let Some(list) = doc["findings"].as_array() else {
+            continue;
+        };
+        println!(
+            "findings ({}):",
+            f.strip_prefix(results).unwrap_or(f).display()
+        );
+        for finding in list {
+            println!(
+                "  {:<12} {}",
+                finding["verdict"].as_str().unwrap_or("?"),
+                finding["claim"].as_str().unwrap_or("")
+            );
+        }
+    }
 }
 
 fn show(registry: &Registry, dirs: &Dirs, args: ShowArgs) -> Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! CI reproduces Fig. 5 at the tiny profile from real data, the real SmolLM2-135M-Instruct
-//! (generation and LoRA training) and the plot stage: the figure (SVG, PNG), the CSV behind
-//! it and the table exist with finite values, and an immediate second run executes nothing.
+//! (generation and LoRA training, two seeds) and the plot stage: the figure (SVG, PNG), the
+//! CSV behind it, the table, its summary over seeds and the findings with their verdicts
+//! exist with finite values, and an immediate second run executes nothing.
 
 mod common;
 
@@ -8,20 +9,34 @@ use common::Project;
 
 const FIG5: &str = include_str!("../manifests/fig5.toml");
 
+/// The fields of one CSV line (RFC 4180 quotes: instance names hold commas).
+fn fields(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                out.last_mut().unwrap().push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
 fn numbers(csv: &str, column: &str) -> Vec<f64> {
     let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let header = fields(lines.next().unwrap_or_default());
     let i = header
         .iter()
-        .position(|c| *c == column)
+        .position(|c| c == column)
         .unwrap_or_else(|| panic!("no column `{column}` in {header:?}"));
     lines
-        .filter_map(|l| {
-            l.split(',')
-                .nth(i)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-        })
+        .filter_map(|l| fields(l).get(i).filter(|c| !c.is_empty()).cloned())
         .map(|c| c.parse::<f64>().unwrap_or(f64::NAN))
         .collect()
 }
@@ -31,6 +46,10 @@ fn fig5_tiny_reproduces_and_a_second_run_executes_nothing() {
     let data = require_data!();
     let p = Project::new(&data);
     p.write_manifest(FIG5);
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/common"),
+        &p.root.join("common"),
+    );
     let first = p.run_ok(&["--profile", "tiny"]);
     assert!(first.ran_names.contains("fig5"), "{}", first.out.show());
 
@@ -48,8 +67,44 @@ fn fig5_tiny_reproduces_and_a_second_run_executes_nothing() {
     let table = std::fs::read_to_string(p.results_dir().join("fig5/fig5_table/table.csv"))
         .expect("table.csv");
     let losses = numbers(&table, "test_loss");
-    assert_eq!(losses.len(), 8, "{table}");
+    // 4 ratios x 2 seeds x 2 tasks.
+    assert_eq!(losses.len(), 16, "{table}");
     assert!(losses.iter().all(|v| v.is_finite() && *v > 0.0), "{table}");
+
+    // Two seeds per training: the summary has a mean and a Student-t interval per group.
+    let summary = std::fs::read_to_string(p.results_dir().join("fig5/fig5_table/summary.csv"))
+        .expect("summary.csv");
+    let means = numbers(&summary, "test_loss_mean");
+    assert_eq!(means.len(), 8, "{summary}");
+    for column in ["test_loss_mean", "test_loss_ci_low", "test_loss_ci_high"] {
+        let values = numbers(&summary, column);
+        assert!(values.iter().all(|v| v.is_finite()), "{column}: {summary}");
+    }
+    assert!(numbers(&summary, "n").contains(&2.0), "{summary}");
+
+    let findings: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.results_dir().join("fig5/fig5_findings/findings.json"))
+            .expect("findings.json"),
+    )
+    .expect("findings.json is JSON");
+    let list = findings["findings"].as_array().expect("a list of findings");
+    assert_eq!(list.len(), 2, "{findings}");
+    for f in list {
+        let verdict = f["verdict"].as_str().unwrap_or_default();
+        assert!(
+            ["agrees", "disagrees", "inconclusive"].contains(&verdict),
+            "{f}"
+        );
+        let results = f["results"].as_array().expect("results");
+        assert!(!results.is_empty(), "{f}");
+        for r in results {
+            let value = r
+                .get("estimate")
+                .or_else(|| r.get("rho"))
+                .and_then(|v| v.as_f64());
+            assert!(value.is_some_and(f64::is_finite), "{r}");
+        }
+    }
 
     let second = p.run_ok(&["--profile", "tiny"]);
     assert!(
@@ -57,4 +112,16 @@ fn fig5_tiny_reproduces_and_a_second_run_executes_nothing() {
         "a second run executed {:?}",
         second.ran_names
     );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the folder");
+    for entry in std::fs::read_dir(from).expect("read the folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy a file");
+        }
+    }
 }

@@ -79,7 +79,7 @@ fn metric(p: &Project, kind: &str, name: &str) -> u64 {
     p.records()
         .values()
         .map(|r| r.record())
-        .filter(|r| r.kind == kind)
+        .filter(|r| r.key_fields.kind == kind)
         .map(|r| r.metrics[name].as_u64().unwrap())
         .sum()
 }
@@ -95,7 +95,10 @@ fn kill_9_during_generate_stories_loses_nothing_and_repeats_nothing() {
     // Wait until `stories` has journaled at least one request (the topics come first).
     loop {
         let (_, lines) = journal(&p);
-        let stories_started = p.records().values().any(|r| r.record().kind == "topics");
+        let stories_started = p
+            .records()
+            .values()
+            .any(|r| r.record().key_fields.kind == "topics");
         if stories_started && lines >= 2 + metric(&p, "topics", "generated") as usize {
             break;
         }

@@ -256,7 +256,7 @@ fn metrics(p: &Project, kind: &str) -> serde_json::Map<String, serde_json::Value
         .records()
         .values()
         .map(|r| r.record())
-        .filter(|r| r.kind == kind)
+        .filter(|r| r.key_fields.kind == kind)
         .collect();
     assert_eq!(recs.len(), 1, "one `{kind}` record");
     recs[0].metrics.clone()
@@ -455,7 +455,7 @@ fn an_unreachable_backend_fails_the_stage_and_caches_nothing() {
         let cached: Vec<String> = p
             .records()
             .values()
-            .map(|r| r.record().kind)
+            .map(|r| r.record().key_fields.kind)
             .filter(|k| k == "topics" || k == "generate_stories")
             .collect();
         assert!(cached.is_empty(), "run {attempt} cached {cached:?}");

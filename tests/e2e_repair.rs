@@ -255,7 +255,7 @@ fn referenced(p: &Project, keys: &BTreeSet<String>) -> BTreeSet<String> {
     for k in keys {
         let rec = records[k].record();
         out.extend(rec.outputs.values().map(|o| o.hash.clone()));
-        for ins in rec.inputs.values().flatten() {
+        for ins in rec.key_fields.inputs.values().flatten() {
             out.extend(ins.outputs.values().cloned());
         }
     }

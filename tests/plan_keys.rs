@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use flow_cache::{hash_bytes, Cache, OutputRef, Record};
+use flow_cache::{hash_bytes, Cache, KeyFields, OutputRef, Record};
 use flow_engine::{plan, Env, Manifest, Registry, Session};
 
 fn shipped() -> Vec<PathBuf> {
@@ -34,12 +34,10 @@ fn stand_in(key: &str, name: &str) -> Record {
         key: key.to_string(),
         stage: String::new(),
         instance: name.to_string(),
-        kind: String::new(),
-        version: 0,
-        params: serde_json::Value::Null,
-        inputs: BTreeMap::new(),
-        fingerprints: BTreeMap::new(),
-        seed: 0,
+        key_fields: KeyFields {
+            params: serde_json::Value::Null,
+            ..KeyFields::default()
+        },
         outputs: BTreeMap::from([(
             "out".to_string(),
             OutputRef {

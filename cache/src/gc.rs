@@ -157,7 +157,7 @@ impl Sweep<'_> {
                     RecordState::Ok(record) => {
                         self.report.records_kept += 1;
                         keep.extend(record.outputs.into_values().map(|o| o.hash));
-                        let inputs = record.inputs.into_values().flatten();
+                        let inputs = record.key_fields.inputs.into_values().flatten();
                         keep.extend(inputs.flat_map(|i| i.outputs.into_values()));
                         continue;
                     }

@@ -44,7 +44,7 @@ pub use gc::GcReport;
 pub use hash::{hash_bytes, is_valid_hash, Hash};
 pub use lock::{KeyLock, RunGuard};
 pub use objects::ObjectState;
-pub use records::{Failure, InputRef, OutputRef, Record, RecordState};
+pub use records::{Failure, InputRef, KeyFields, OutputRef, Record, RecordState};
 pub use refs::Refs;
 
 /// The temporary file of a `VERSION` being written, in the cache root.

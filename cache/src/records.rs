@@ -9,6 +9,26 @@ use crate::fsio::{self, JsonFile};
 use crate::hash::{self, Hash};
 use crate::{Cache, CacheError};
 
+/// What a content key was computed from, as records and failure notes keep it (the
+/// engine computes the key; the cache only stores this), so `flow status` can say what
+/// changed since. One declaration, embedded (flattened: the fields sit at the top level
+/// of the JSON) in [`Record`] and [`Failure`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeyFields {
+    /// Stage kind.
+    pub kind: String,
+    /// Implementation version of the stage kind.
+    pub version: u32,
+    /// Resolved params as the engine encodes them (those in the key).
+    pub params: serde_json::Value,
+    /// Param name -> upstream instances used.
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+    /// External inputs (data files, weights) -> content hash.
+    pub fingerprints: BTreeMap<String, Hash>,
+    /// The seed the instance ran with.
+    pub seed: u64,
+}
+
 /// What one run of a stage instance produced, stored under its content key.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -18,18 +38,10 @@ pub struct Record {
     pub stage: String,
     /// Instance name, e.g. `"mix@ratio=0.4"`.
     pub instance: String,
-    /// Stage kind.
-    pub kind: String,
-    /// Implementation version of the stage kind.
-    pub version: u32,
-    /// Resolved params as the engine encodes them.
-    pub params: serde_json::Value,
-    /// Param name -> upstream instances used.
-    pub inputs: BTreeMap<String, Vec<InputRef>>,
-    /// External inputs (data files, weights) -> content hash.
-    pub fingerprints: BTreeMap<String, Hash>,
-    /// The seed the instance ran with.
-    pub seed: u64,
+    /// What the key was computed from: `kind`, `version`, `params`, `inputs`,
+    /// `fingerprints`, `seed` in the file.
+    #[serde(flatten)]
+    pub key_fields: KeyFields,
     /// Output name -> stored object.
     pub outputs: BTreeMap<String, OutputRef>,
     /// Metrics reported by the stage.
@@ -77,20 +89,10 @@ pub struct Failure {
     pub error: String,
     /// When it failed (seconds since the Unix epoch).
     pub unix: f64,
-    /// What the key was computed from, as in [`Record`], so a later status
-    /// can say what changed since the failure.
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub version: u32,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub params: serde_json::Value,
-    #[serde(default)]
-    pub inputs: BTreeMap<String, Vec<InputRef>>,
-    #[serde(default)]
-    pub fingerprints: BTreeMap<String, Hash>,
+    /// What the key was computed from, as in [`Record`], so a later status can say what
+    /// changed since the failure. `None` in notes written before they kept it.
+    #[serde(flatten)]
+    pub key_fields: Option<KeyFields>,
 }
 
 /// What [`Cache::read_record`] found.
@@ -212,19 +214,21 @@ pub(crate) mod tests {
             key: key.to_string(),
             stage: "mix".into(),
             instance: "mix@ratio=0.4".into(),
-            kind: "mix".into(),
-            version: 3,
-            params: serde_json::json!({"ratio": 0.4, "nested": {"a": [1, 2]}}),
-            inputs: BTreeMap::from([(
-                "stories".to_string(),
-                vec![InputRef {
-                    instance: "gen".into(),
-                    key: input_key.clone(),
-                    outputs: BTreeMap::from([("data".to_string(), input_key)]),
-                }],
-            )]),
-            fingerprints: BTreeMap::from([("weights".to_string(), hash_bytes(b"w"))]),
-            seed: u64::MAX,
+            key_fields: KeyFields {
+                kind: "mix".into(),
+                version: 3,
+                params: serde_json::json!({"ratio": 0.4, "nested": {"a": [1, 2]}}),
+                inputs: BTreeMap::from([(
+                    "stories".to_string(),
+                    vec![InputRef {
+                        instance: "gen".into(),
+                        key: input_key.clone(),
+                        outputs: BTreeMap::from([("data".to_string(), input_key)]),
+                    }],
+                )]),
+                fingerprints: BTreeMap::from([("weights".to_string(), hash_bytes(b"w"))]),
+                seed: u64::MAX,
+            },
             outputs: outputs
                 .iter()
                 .map(|(name, hash, size)| {
@@ -243,6 +247,116 @@ pub(crate) mod tests {
             started_unix: 1_700_000_000.123_456,
             duration_s: 0.1 + 0.2,
         }
+    }
+
+    /// A record as the engine wrote it before [`KeyFields`] was declared once (copied from
+    /// a real `.flow/records/*.json` of `diversity-real.toml`): it still reads, and writes
+    /// back byte for byte.
+    const RECORD_V1: &str = r#"{
+  "key": "2c3ebd97f7669c9aed9fba188feb7a3383d90128781bc7d2d186adbaf3b86410",
+  "stage": "score",
+  "instance": "score@limit=60",
+  "kind": "score",
+  "version": 1,
+  "params": {
+    "grouping": "auto",
+    "kl_alpha": 0.5,
+    "metrics": [
+      "distinct",
+      "lengths"
+    ],
+    "n": 5,
+    "tokenizer": "whitespace"
+  },
+  "inputs": {
+    "data": [
+      {
+        "instance": "real@limit=60",
+        "key": "7322022227ef03c4df33904437d763a9a7811e224a1d3351495636b55522552e",
+        "outputs": {
+          "data.jsonl": "a6ff4f3648cc604f434be0ba7cd36ab0b3ff0d686db74a9576086001ed495c56"
+        }
+      }
+    ]
+  },
+  "fingerprints": {},
+  "seed": 7,
+  "outputs": {
+    "scores.json": {
+      "hash": "03536fb6dda9452727f7b0ebd66f18431d16da18b59b1a855f8fe8510524dcd9",
+      "size": 970,
+      "publish": false
+    }
+  },
+  "metrics": {
+    "distinct_5": 0.9995680345572354,
+    "distinct_5_total": 2315,
+    "distinct_5_unique": 2314,
+    "length_mean": 9.316666666666666,
+    "length_median": 9.0,
+    "length_p10": 6.0,
+    "length_p90": 13.0,
+    "n_examples": 60,
+    "task": "story"
+  },
+  "log": [
+    "scored 60 examples: distinct_5 = 0.9995680345572354, distinct_5_total = 2315, distinct_5_unique = 2314, length_mean = 9.316666666666666, length_median = 9.0, length_p10 = 6.0, length_p90 = 13.0, n_examples = 60, task = \"story\""
+  ],
+  "started_unix": 1796689625.000269,
+  "duration_s": 0.002010218
+}
+"#;
+
+    #[test]
+    fn records_in_todays_layout_read_and_write_back_unchanged() {
+        let record: Record = serde_json::from_str(RECORD_V1).unwrap();
+        assert_eq!(record.instance, "score@limit=60");
+        let k = &record.key_fields;
+        assert_eq!((k.kind.as_str(), k.version, k.seed), ("score", 1, 7));
+        assert_eq!(k.params["tokenizer"], "whitespace");
+        assert_eq!(k.inputs["data"][0].instance, "real@limit=60");
+        assert!(k.fingerprints.is_empty());
+        assert_eq!(record.outputs["scores.json"].size, 970);
+        let mut written = serde_json::to_string_pretty(&record).unwrap();
+        written.push('\n');
+        assert_eq!(written, RECORD_V1);
+
+        // Through the cache as well (its object must exist to be written).
+        let (_d, c) = cache();
+        let mut rec = record.clone();
+        rec.outputs.clear();
+        c.write_record(&rec).unwrap();
+        assert_eq!(c.read_record(&rec.key), RecordState::Ok(rec));
+    }
+
+    #[test]
+    fn failures_with_and_without_key_fields_read() {
+        let key = hash_bytes(b"key");
+        let base = format!(
+            r#""key": "{key}", "stage": "gen", "instance": "gen", "error": "boom", "unix": 1.5"#
+        );
+        // Today's layout: the key's material after the error.
+        let full = format!(
+            r#"{{{base}, "kind": "topics", "version": 2, "seed": 7, "params": {{"n": 3}},
+                "inputs": {{}}, "fingerprints": {{"w": "{key}"}}}}"#
+        );
+        let failure: Failure = serde_json::from_str(&full).unwrap();
+        let fields = failure.key_fields.clone().expect("key fields");
+        assert_eq!(
+            (fields.kind.as_str(), fields.version, fields.seed),
+            ("topics", 2, 7)
+        );
+        assert_eq!(fields.params, serde_json::json!({"n": 3}));
+        assert_eq!(fields.fingerprints["w"], key);
+        let again: Failure =
+            serde_json::from_str(&serde_json::to_string(&failure).unwrap()).unwrap();
+        assert_eq!(again, failure);
+        // Notes written before failures kept the key's material.
+        let old: Failure = serde_json::from_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(old.error, "boom");
+        assert_eq!(old.key_fields, None);
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("kind").is_none(), "{json}");
     }
 
     #[test]

@@ -2,31 +2,38 @@
 //! change a stage instance's result, and nothing else.
 //!
 //! In the key: kind, implementation version, seed, the parameters that are
-//! not execution settings or secrets (with `[models.*]`/`[generators.*]`
-//! references replaced by the entries' contents), the content hashes of the
-//! upstream outputs, and fingerprints of external files. Not in the key: stage
-//! and instance names (renaming a stage reuses its results), thread counts,
-//! secrets.
+//! not execution settings or secrets (with references to resource entries, such as
+//! `[models.*]` or `[generators.*]`, replaced by the entries' contents less their own
+//! execution settings and secrets, as their [`ResourceKind`] declares), the content hashes
+//! of the upstream outputs, and fingerprints of external files. Not in the key: stage and
+//! instance names (renaming a stage reuses its results), thread counts, secrets.
 
 use std::collections::BTreeMap;
 
 use flow_cache::InputRef;
 
 use crate::plan::Instance;
+use crate::resource::Resources;
 use crate::schema::{ParamSpec, ParamType};
-use crate::stage::Resources;
+use crate::stage::Registry;
 use crate::value::Value;
 
 /// Bump to invalidate every key (a change to this encoding).
 const KEY_SCHEME: &str = "flow-key-v1";
 
 /// The parameters that enter the key, as they are recorded for `flow status`
-/// to explain what changed.
+/// to explain what changed. `registry` declares the resource kinds the parameters may
+/// name; `resources` holds the manifest's entries.
 pub fn key_params(
     inst: &Instance,
     specs: &[ParamSpec],
+    registry: &Registry,
     resources: &Resources,
 ) -> BTreeMap<String, Value> {
+    let content = ResourceContent {
+        registry,
+        resources,
+    };
     let mut out = BTreeMap::new();
     for spec in specs {
         if !spec.in_key || spec.is_reference() {
@@ -36,8 +43,7 @@ pub fn key_params(
             continue;
         };
         let v = match &spec.ty {
-            ParamType::Model => resource_content(v, &resources.models),
-            ParamType::Generator => generator_content(v, resources),
+            ParamType::Resource(section) => content.of(section, v, 0),
             ParamType::Table(fields) => strip_table(v, fields),
             _ => v.clone(),
         };
@@ -46,64 +52,39 @@ pub fn key_params(
     out
 }
 
-/// A reference to a resource stands for its contents: renaming `[models.a]`
-/// keeps results, editing it invalidates them. Fields named like secrets or
-/// execution settings stay out.
-fn resource_content(name: &Value, pool: &BTreeMap<String, BTreeMap<String, Value>>) -> Value {
-    let Some(entry) = name.as_str().and_then(|n| pool.get(n)) else {
-        return name.clone();
-    };
-    Value::Table(
-        entry
-            .iter()
-            .filter(|(k, _)| !is_execution_field(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+/// How deep links between resource sections are followed (`generators` -> `models` is
+/// one); a deeper chain, or a circle of declarations, keeps the name.
+const MAX_LINK_DEPTH: usize = 4;
+
+struct ResourceContent<'a> {
+    registry: &'a Registry,
+    resources: &'a Resources,
 }
 
-/// A generator stands for its contents, and a local generator's `model`
-/// (the name of a `[models.*]` entry) for that entry's contents, so editing
-/// the model invalidates what it generated.
-fn generator_content(name: &Value, resources: &Resources) -> Value {
-    let mut content = resource_content(name, &resources.generators);
-    if let Value::Table(map) = &mut content {
-        if let Some(model) = map.get("model").cloned() {
-            if model
-                .as_str()
-                .is_some_and(|m| resources.models.contains_key(m))
-            {
-                map.insert(
-                    "model".to_string(),
-                    resource_content(&model, &resources.models),
-                );
+impl ResourceContent<'_> {
+    /// A reference to a resource entry stands for its contents: renaming `[models.a]`
+    /// keeps results, editing it invalidates them. Fields its kind declares execution
+    /// settings or secrets stay out; a field declared a link to another section (a local
+    /// generator's `model`) stands for the entry it names, so editing that entry
+    /// invalidates what used it. A name with no entry stands for itself.
+    fn of(&self, section: &str, name: &Value, depth: usize) -> Value {
+        let Some(entry) = name.as_str().and_then(|n| self.resources.get(section, n)) else {
+            return name.clone();
+        };
+        let kind = self.registry.resource_kind(section);
+        let mut out = BTreeMap::new();
+        for (field, value) in entry {
+            if kind.and_then(|k| k.param(field)).is_some_and(|p| !p.in_key) {
+                continue;
             }
+            let value = match kind.and_then(|k| k.link_of(field)) {
+                Some(target) if depth < MAX_LINK_DEPTH => self.of(target, value, depth + 1),
+                _ => value.clone(),
+            };
+            out.insert(field.clone(), value);
         }
+        Value::Table(out)
     }
-    content
-}
-
-/// Resource fields that never change results: how to reach an endpoint and
-/// how fast, not what it computes. `base_url` is here: the endpoint's model
-/// name (in the key) says what computes; another address serving the same
-/// model (a proxy, a replica) keeps the results.
-pub fn is_execution_field(name: &str) -> bool {
-    matches!(
-        name,
-        "api_key_env"
-            | "base_url"
-            | "max_concurrency"
-            | "max_batch"
-            | "requests_per_minute"
-            | "tokens_per_minute"
-            | "timeout_s"
-            | "max_retries"
-            | "retry_budget"
-            | "threads"
-            | "device"
-            | "price_prompt_per_mtok"
-            | "price_completion_per_mtok"
-    )
 }
 
 fn strip_table(v: &Value, fields: &[ParamSpec]) -> Value {
@@ -169,6 +150,8 @@ pub fn compute_key(m: &KeyMaterial<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::toml_spans::value_of;
+    use crate::resource::ResourceKind;
 
     fn key_with(params: BTreeMap<String, Value>, seed: u64) -> String {
         let inputs = BTreeMap::new();
@@ -182,6 +165,84 @@ mod tests {
             gathers: &[],
             fingerprints: &fps,
         })
+    }
+
+    /// `models` with one execution field; `generators` whose `model` links to `models`,
+    /// with an execution field and a secret.
+    fn resource_world() -> (Registry, Resources) {
+        let mut registry = Registry::new();
+        registry.register_resource(ResourceKind::new(
+            "models",
+            "weights",
+            vec![
+                ParamSpec::string("path", "weights"),
+                ParamSpec::string("device", "where it runs").execution(),
+            ],
+        ));
+        registry.register_resource(
+            ResourceKind::new(
+                "generators",
+                "text",
+                vec![
+                    ParamSpec::string("model", "a model"),
+                    ParamSpec::float("temperature", "sampling"),
+                    ParamSpec::int("threads", "cores").execution(),
+                    ParamSpec::string("api_key_env", "key").secret(),
+                ],
+            )
+            .link("model", "models"),
+        );
+        let mut resources = Resources::default();
+        let table = |pairs: &[(&str, Value)]| -> BTreeMap<String, Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        resources.insert(
+            "models",
+            "m",
+            table(&[("path", "w.gguf".into()), ("device", "cuda".into())]),
+        );
+        resources.insert(
+            "generators",
+            "local",
+            table(&[
+                ("model", "m".into()),
+                ("temperature", 0.7.into()),
+                ("threads", 4.into()),
+                ("api_key_env", "KEY".into()),
+            ]),
+        );
+        resources.insert(
+            "generators",
+            "remote",
+            table(&[("model", "gpt-4o".into()), ("threads", 1.into())]),
+        );
+        (registry, resources)
+    }
+
+    /// What a resource name stands for in a key comes from the declarations alone: no
+    /// execution field or secret, links followed, names without an entry kept.
+    #[test]
+    fn resources_stand_for_their_declared_key_fields() {
+        let (registry, resources) = resource_world();
+        let content = ResourceContent {
+            registry: &registry,
+            resources: &resources,
+        };
+        let of = |section: &str, name: &str| content.of(section, &name.into(), 0);
+        assert_eq!(of("models", "m"), value_of(r#"{ path = "w.gguf" }"#));
+        assert_eq!(
+            of("generators", "local"),
+            value_of(r#"{ model = { path = "w.gguf" }, temperature = 0.7 }"#)
+        );
+        assert_eq!(
+            of("generators", "remote"),
+            value_of(r#"{ model = "gpt-4o" }"#)
+        );
+        assert_eq!(of("models", "absent"), value_of(r#""absent""#));
+        assert_eq!(of("undeclared", "m"), value_of(r#""m""#));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! instances; the scheduler runs what is stale and caches every result.
 //!
 //! The engine knows nothing about LLMs: stage kinds plug in through
-//! [`stage::Stage`] and a [`stage::Registry`].
+//! [`stage::Stage`] and a [`stage::Registry`], and so do the kinds of resources stages
+//! name (`[models.*]`, `[generators.*]`: [`resource::ResourceKind`]).
 
 pub mod diag;
 pub mod key;
@@ -12,6 +13,7 @@ pub mod progress;
 pub mod project;
 pub mod publish;
 pub mod reason;
+pub mod resource;
 pub mod run;
 mod schedule;
 pub mod schema;
@@ -27,12 +29,13 @@ pub use flow_cache::Area;
 pub use manifest::{LoadError, Manifest};
 pub use plan::{plan, Instance, Plan};
 pub use reason::{Change, StaleReason};
+pub use resource::{ResourceEntry, ResourceKind, Resources};
 pub use run::{run, RunError, RunOptions, RunReport};
 pub use schema::{ParamSpec, ParamType};
 pub use session::Session;
 pub use stage::{
     CancelToken, Context, Env, FileHasher, NoProgress, Outcome, OutputFile, ParamProblem, Params,
-    Progress, Registry, Resources, Stage, StageError, Threads, Upstream,
+    Progress, Registry, Stage, StageError, Threads, Upstream,
 };
 pub use status::{evaluate, InstanceStatus, State};
 pub use value::Value;

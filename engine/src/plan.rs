@@ -160,9 +160,11 @@ pub fn plan(
 
     let mut manifest_seed = m.seed;
     let mut results = m.results.clone();
+    let mut replicates = m.replicates;
     for o in overrides.iter().filter(|o| o.stage == "flow") {
         match (o.param.as_str(), &o.value.value) {
             ("seed", Value::Int(s)) => manifest_seed = *s as u64,
+            ("replicates", Value::Int(n)) => replicates = (*n).max(1) as u64,
             ("results", Value::Str(s)) => results = s.clone(),
             _ => {}
         }
@@ -185,14 +187,27 @@ pub fn plan(
             continue;
         };
         let specs = kind.params();
-        let (values, seed) = resolve_values(
+        let (values, seeds) = resolve_values(
             decl.name.as_str(),
             &decl.params,
-            decl.seed,
+            decl.seeds.as_deref(),
             &specs,
             overrides,
             manifest_seed,
         );
+        // Replicates: a seed list fans out on an axis `seed`; `[flow] replicates = N`
+        // gives a replicable kind seeds s, s+1, ..., s+N-1 (the first is the seed it has
+        // without replicates, so its instance keeps its key).
+        let seeds = match seeds {
+            Seeds::One(s) if replicates > 1 && kind.replicable() => {
+                Seeds::Axis((0..replicates).map(|i| s.wrapping_add(i)).collect())
+            }
+            other => other,
+        };
+        let seed = match &seeds {
+            Seeds::One(s) => *s,
+            Seeds::Axis(list) => list[0],
+        };
 
         // Join upstream instances on shared axes.
         let mut partials = vec![Partial::default()];
@@ -282,6 +297,30 @@ pub fn plan(
             partials = next;
         }
 
+        if let Seeds::Axis(list) = &seeds {
+            if instances.len() + partials.len().saturating_mul(list.len()) > m.max_instances {
+                diags.push(too_many(m, &decl.name, "seed", decl.span.clone()));
+                return Err(m.errors(diags));
+            }
+            let axis = Axis {
+                stage: decl.name.clone(),
+                param: "seed".to_string(),
+            };
+            let mut next = Vec::with_capacity(partials.len() * list.len());
+            for p in &partials {
+                for &s in list {
+                    let mut q = p.clone();
+                    q.bindings.push(Binding {
+                        axis: axis.clone(),
+                        value: Value::Int(s as i64),
+                    });
+                    q.seed = Some(s);
+                    next.push(q);
+                }
+            }
+            partials = next;
+        }
+
         if partials.is_empty() {
             diags.push(Diagnostic::new(
                 format!("stages.{}", decl.name),
@@ -343,7 +382,7 @@ pub fn plan(
                 bindings: p.bindings,
                 params,
                 inputs: p.inputs,
-                seed,
+                seed: p.seed.unwrap_or(seed),
             });
         }
         by_stage.insert(decl.name.clone(), ids);
@@ -385,10 +424,7 @@ pub fn plan(
     }
     // Instances were created stage by stage in topological order.
     let order = (0..instances.len()).collect();
-    let resources = Resources {
-        models: resource_values(&m.models),
-        generators: resource_values(&m.generators),
-    };
+    let resources = m.resource_values();
     Ok(Plan {
         instances,
         graph,
@@ -424,6 +460,8 @@ fn file_order_toposort(graph: &DiGraph<String, ()>) -> Vec<NodeIndex> {
 #[derive(Clone, Debug, Default)]
 struct Partial {
     bindings: Vec<Binding>,
+    /// The instance's seed when the stage fans out on `seed`.
+    seed: Option<u64>,
     /// This stage's own fan-out values by parameter.
     own: BTreeMap<String, Value>,
     inputs: BTreeMap<String, Vec<usize>>,
@@ -442,16 +480,35 @@ fn join(a: &[Binding], b: &[Binding]) -> Option<Vec<Binding>> {
     Some(out)
 }
 
-/// Parameter values after the profile's overrides and the defaults.
+/// A stage's seeds: one, or a list that fans it out on an axis `seed`.
+enum Seeds {
+    One(u64),
+    Axis(Vec<u64>),
+}
+
+impl Seeds {
+    /// A list of one seed is that seed: replicates need two.
+    fn of(list: &[u64]) -> Seeds {
+        match list {
+            [one] => Seeds::One(*one),
+            _ => Seeds::Axis(list.to_vec()),
+        }
+    }
+}
+
+/// Parameter values after the profile's overrides and the defaults, and the seeds.
 fn resolve_values(
     stage: &str,
     given: &BTreeMap<String, Located>,
-    own_seed: Option<u64>,
+    own_seeds: Option<&[u64]>,
     specs: &[ParamSpec],
     overrides: &[Override],
     manifest_seed: u64,
-) -> (BTreeMap<&'static str, Located>, u64) {
-    let mut seed = own_seed.unwrap_or(manifest_seed);
+) -> (BTreeMap<&'static str, Located>, Seeds) {
+    let mut seed = match own_seeds {
+        Some(list) => Seeds::of(list),
+        None => Seeds::One(manifest_seed),
+    };
     let mut values: BTreeMap<&'static str, Located> = BTreeMap::new();
     for spec in specs {
         if let Some(v) = given.get(spec.name) {
@@ -462,8 +519,18 @@ fn resolve_values(
     }
     for o in overrides.iter().filter(|o| o.stage == stage) {
         if o.param == "seed" {
-            if let Value::Int(s) = o.value.value {
-                seed = s as u64;
+            match &o.value.value {
+                Value::Int(s) => seed = Seeds::One(*s as u64),
+                Value::List(items) => {
+                    let list: Vec<u64> = items
+                        .iter()
+                        .filter_map(|v| v.as_i64().map(|i| i as u64))
+                        .collect();
+                    if !list.is_empty() {
+                        seed = Seeds::of(&list);
+                    }
+                }
+                _ => {}
             }
             continue;
         }
@@ -506,22 +573,6 @@ fn located(value: Value, span: Range<usize>) -> Located {
         span,
         item_spans: Vec::new(),
     }
-}
-
-fn resource_values(
-    section: &BTreeMap<String, crate::manifest::Resource>,
-) -> BTreeMap<String, BTreeMap<String, Value>> {
-    section
-        .iter()
-        .map(|(name, r)| {
-            let fields = r
-                .fields
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect();
-            (name.clone(), fields)
-        })
-        .collect()
 }
 
 fn too_many(m: &Manifest, stage: &str, param: &str, span: Range<usize>) -> Diagnostic {
@@ -680,6 +731,67 @@ mod tests {
                 .len(),
             6
         );
+    }
+
+    /// `seed = [..]` fans a stage out on an axis `seed`; downstream follows it, and
+    /// everything upstream is shared (no data per training seed).
+    #[test]
+    fn seed_lists_fan_out_on_a_seed_axis_that_downstream_follows() {
+        let m = load(&format!(
+            "{BASE}[stages.r]\nkind = \"src\"\n[stages.train]\nkind = \"eval\"\n\
+             model = \"r\"\ndata = \"r\"\nseed = [1, 2, 3]\n\
+             [stages.ev]\nkind = \"eval\"\nmodel = \"train\"\ndata = \"r\"\n\
+             [stages.t]\nkind = \"table\"\nfrom = \"ev\"\n"
+        ));
+        let p = plan(&m, &testkit::registry(), None).unwrap();
+        let of = |stage: &str| -> Vec<&Instance> {
+            p.instances.iter().filter(|i| i.stage == stage).collect()
+        };
+        assert_eq!(of("r").len(), 1, "upstream is shared by every seed");
+        let trains = of("train");
+        assert_eq!(
+            trains
+                .iter()
+                .map(|i| (i.name.as_str(), i.seed))
+                .collect::<Vec<_>>(),
+            [
+                ("train@seed=1", 1),
+                ("train@seed=2", 2),
+                ("train@seed=3", 3)
+            ]
+        );
+        let evals = of("ev");
+        assert_eq!(evals.len(), 3);
+        assert_eq!(evals[1].name, "ev@seed=2");
+        assert_eq!(
+            p.instances[evals[1].inputs["model"][0]].name,
+            "train@seed=2"
+        );
+        assert_eq!(evals[1].seed, 5, "a follower keeps its own seed");
+        assert_eq!(of("t")[0].inputs["from"].len(), 3);
+    }
+
+    /// `[flow] replicates = N` gives replicable kinds N seeds starting at the seed they
+    /// have without it, so the first replicate keeps its key; other kinds are untouched.
+    #[test]
+    fn replicates_give_training_kinds_seeds_from_their_own() {
+        let text = "[stages.r]\nkind = \"src\"\n[stages.train]\nkind = \"eval\"\n\
+                    model = \"r\"\ndata = \"r\"\n";
+        let one = plan(&load(&format!("{BASE}{text}")), &testkit::registry(), None).unwrap();
+        let m = load(&format!("{BASE}replicates = 3\n{text}"));
+        let three = plan(&m, &testkit::registry(), None).unwrap();
+        assert_eq!(
+            names(&three),
+            ["r", "train@seed=5", "train@seed=6", "train@seed=7"]
+        );
+        assert_eq!(one.instances[1].seed, three.instances[1].seed);
+        let profile = load(&format!(
+            "{BASE}{text}[profile.p]\n\"flow.replicates\" = 2\n[profile.q]\n\"train.seed\" = [9, 4]\n"
+        ));
+        let p = plan(&profile, &testkit::registry(), Some("p")).unwrap();
+        assert_eq!(names(&p), ["r", "train@seed=5", "train@seed=6"]);
+        let q = plan(&profile, &testkit::registry(), Some("q")).unwrap();
+        assert_eq!(names(&q), ["r", "train@seed=9", "train@seed=4"]);
     }
 
     #[test]

@@ -565,12 +565,7 @@ fn execute(
             instance: inst.name.clone(),
             error: error.clone(),
             unix: started_unix,
-            kind: inst.kind.clone(),
-            version: stage.version(),
-            seed: inst.seed,
-            params: serde_json::to_value(&keyed.params).unwrap_or_default(),
-            inputs: keyed.inputs.clone(),
-            fingerprints: keyed.fingerprints.clone(),
+            key_fields: Some(keyed.key_fields.clone()),
         });
         fail(error)
     };
@@ -599,12 +594,7 @@ fn execute(
         key: keyed.key.clone(),
         stage: inst.stage.clone(),
         instance: inst.name.clone(),
-        kind: inst.kind.clone(),
-        version: stage.version(),
-        params: serde_json::to_value(&keyed.params).unwrap_or_default(),
-        inputs: keyed.inputs.clone(),
-        fingerprints: keyed.fingerprints.clone(),
-        seed: inst.seed,
+        key_fields: keyed.key_fields.clone(),
         outputs,
         metrics: outcome.metrics,
         log,

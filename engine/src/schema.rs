@@ -27,10 +27,10 @@ pub enum ParamType {
     Input,
     /// One or more upstream stage names whose instances are all gathered.
     Gather,
-    /// The name of an entry of `[models.*]`.
-    Model,
-    /// The name of an entry of `[generators.*]`.
-    Generator,
+    /// The name of an entry of a resource section (`Resource("models")`: a `[models.*]`
+    /// entry), declared by a [`crate::resource::ResourceKind`]. In a key the name stands
+    /// for the entry's content.
+    Resource(&'static str),
 }
 
 impl ParamType {
@@ -45,8 +45,7 @@ impl ParamType {
             ParamType::Table(_) => "a table".into(),
             ParamType::Input => "the name of a stage".into(),
             ParamType::Gather => "a stage name or an array of stage names".into(),
-            ParamType::Model => "the name of a `[models.*]` entry".into(),
-            ParamType::Generator => "the name of a `[generators.*]` entry".into(),
+            ParamType::Resource(section) => format!("the name of a `[{section}.*]` entry"),
         }
     }
 
@@ -98,7 +97,8 @@ pub struct ParamSpec {
     /// Exclusive upper bound.
     pub less_than: Option<f64>,
     /// Execution settings (thread counts, concurrency) do not change results
-    /// and stay out of the content key.
+    /// and stay out of the content key; so do secrets. The same mark decides for the
+    /// fields of resource entries ([`crate::resource::ResourceKind`]).
     pub in_key: bool,
     /// Secrets never enter keys, records, logs or outputs.
     pub secret: bool,
@@ -151,11 +151,9 @@ impl ParamSpec {
     pub fn gather(name: &'static str, help: &'static str) -> Self {
         Self::new(name, ParamType::Gather, help)
     }
-    pub fn model(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, ParamType::Model, help)
-    }
-    pub fn generator(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, ParamType::Generator, help)
+    /// The name of an entry of the resource section `section` (e.g. `models`).
+    pub fn resource(name: &'static str, section: &'static str, help: &'static str) -> Self {
+        Self::new(name, ParamType::Resource(section), help)
     }
 
     pub fn required(mut self) -> Self {
@@ -302,10 +300,7 @@ pub fn check_scalar(
             }
             bound_error(key, spec, *x, span)
         }
-        (
-            ParamType::Str | ParamType::Input | ParamType::Model | ParamType::Generator,
-            Value::Str(s),
-        ) => {
+        (ParamType::Str | ParamType::Input | ParamType::Resource(_), Value::Str(s)) => {
             if s.is_empty() {
                 Some(Diagnostic::new(
                     key,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use flow_cache::{Cache, InputRef, ObjectState, Record, RecordState};
+use flow_cache::{Cache, InputRef, KeyFields, ObjectState, Record, RecordState};
 
 use crate::key::{compute_key, key_params, KeyMaterial};
 use crate::manifest::Manifest;
@@ -11,7 +11,6 @@ use crate::plan::{Instance, Plan};
 use crate::reason::StaleReason;
 use crate::schema::ParamType;
 use crate::stage::{Env, FileHasher, Registry, Stage, StageError, Upstream};
-use crate::value::Value;
 
 /// Everything needed to status or run one manifest.
 pub struct Session<'a> {
@@ -30,13 +29,12 @@ pub struct Session<'a> {
     pub verify: bool,
 }
 
-/// The key of an instance and what it was computed from.
+/// The key of an instance and what it was computed from, as its record or failure note
+/// will keep it.
 #[derive(Clone, Debug)]
 pub struct Keyed {
     pub key: String,
-    pub params: BTreeMap<String, Value>,
-    pub inputs: BTreeMap<String, Vec<InputRef>>,
-    pub fingerprints: BTreeMap<String, String>,
+    pub key_fields: KeyFields,
 }
 
 /// What the cache holds for a key.
@@ -102,7 +100,7 @@ impl<'a> Session<'a> {
         let inst = &self.plan.instances[i];
         let stage = self.stage_of(inst);
         let specs = stage.params();
-        let params = key_params(inst, &specs, &self.plan.resources);
+        let params = key_params(inst, &specs, self.registry, &self.plan.resources);
         let mut inputs = BTreeMap::new();
         for (name, ups) in &inst.inputs {
             let refs = ups
@@ -147,9 +145,14 @@ impl<'a> Session<'a> {
         });
         Ok(Keyed {
             key,
-            params,
-            inputs,
-            fingerprints,
+            key_fields: KeyFields {
+                kind: stage.kind().to_string(),
+                version: stage.version(),
+                params: serde_json::to_value(&params).unwrap_or_default(),
+                inputs,
+                fingerprints,
+                seed: inst.seed,
+            },
         })
     }
 

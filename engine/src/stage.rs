@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::resource::ResourceKind;
+pub use crate::resource::Resources;
 use crate::schema::ParamSpec;
 use crate::value::Value;
 
@@ -126,14 +128,6 @@ impl Upstream {
             ))
         })
     }
-}
-
-/// Named resources a stage may use (`[models.*]`, `[generators.*]`), resolved
-/// to their tables, with secrets left as the names of environment variables.
-#[derive(Clone, Debug, Default)]
-pub struct Resources {
-    pub models: BTreeMap<String, BTreeMap<String, Value>>,
-    pub generators: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 /// Where things live on this machine. Nothing here enters a content key.
@@ -342,6 +336,11 @@ pub trait Stage: Send + Sync {
     /// Bump when a change to the implementation changes results: every
     /// cached result of this kind becomes stale ("implementation changed").
     fn version(&self) -> u32;
+    /// Whether `[flow] replicates = N` gives this kind N seeds (training: its randomness
+    /// is what replicates measure). A stage's own `seed = [..]` fans out any kind.
+    fn replicable(&self) -> bool {
+        false
+    }
     /// One line for `flow` help and errors.
     fn about(&self) -> &'static str;
     /// The declared parameters; validation runs against these.
@@ -361,8 +360,8 @@ pub trait Stage: Send + Sync {
     ) -> Result<Vec<(String, String)>, StageError> {
         Ok(Vec::new())
     }
-    /// Cores one instance keeps busy; `resources` are the manifest's models and
-    /// generators (an HTTP generator needs no local cores).
+    /// Cores one instance keeps busy; `resources` are the manifest's resources (an HTTP
+    /// generator needs no local cores).
     fn threads(&self, _params: &Params, _resources: &Resources) -> Threads {
         Threads::One
     }
@@ -375,13 +374,16 @@ pub trait FileHasher: Send + Sync {
     fn hash_file(&self, path: &Path) -> Result<String, StageError>;
 }
 
-/// The stage kinds a binary knows about.
+/// The stage kinds and resource kinds a binary knows about.
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn Stage>>,
-    /// Declared keys of `[models.*]` and `[generators.*]` entries.
-    resources: BTreeMap<&'static str, Vec<ParamSpec>>,
+    /// The declared resource sections, in the order declared.
+    resources: Vec<ResourceKind>,
 }
+
+/// Top-level keys of a manifest that are not resource sections.
+pub(crate) const RESERVED_SECTIONS: &[&str] = &["include", "flow", "profile", "stages"];
 
 impl Registry {
     pub fn new() -> Self {
@@ -396,14 +398,33 @@ impl Registry {
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
     }
-    /// Declares the keys a resource section (`models`, `generators`) accepts.
-    pub fn set_resource_params(&mut self, section: &'static str, params: Vec<ParamSpec>) {
-        self.resources.insert(section, params);
+    /// Declares a kind of resource: the manifest then accepts `[SECTION.NAME]` entries of
+    /// its fields, and parameters of type `ParamType::Resource(SECTION)` may name them.
+    /// Declaring a section again replaces it.
+    ///
+    /// # Panics
+    /// When the section is one of the manifest's own (`flow`, `stages`, ...).
+    pub fn register_resource(&mut self, kind: ResourceKind) {
+        assert!(
+            !RESERVED_SECTIONS.contains(&kind.section),
+            "`{}` is a section of the manifest itself, not a resource",
+            kind.section
+        );
+        match self
+            .resources
+            .iter_mut()
+            .find(|k| k.section == kind.section)
+        {
+            Some(old) => *old = kind,
+            None => self.resources.push(kind),
+        }
     }
-    pub fn resource_params(&self, section: &str) -> &[ParamSpec] {
-        self.resources
-            .get(section)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    /// The declaration of a resource section, if there is one.
+    pub fn resource_kind(&self, section: &str) -> Option<&ResourceKind> {
+        self.resources.iter().find(|k| k.section == section)
+    }
+    /// Every declared resource kind, in the order declared.
+    pub fn resource_kinds(&self) -> impl Iterator<Item = &ResourceKind> + '_ {
+        self.resources.iter()
     }
 }

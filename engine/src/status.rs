@@ -138,7 +138,7 @@ fn evaluate_one(
             None => {
                 let reason = match refs.instances.get(&inst.name) {
                     None => StaleReason::NeverRun,
-                    Some(old_key) => why_changed(session, old_key, &keyed, inst.seed),
+                    Some(old_key) => why_changed(session, old_key, &keyed),
                 };
                 (row(State::Stale, Some(reason), key), None)
             }
@@ -146,42 +146,21 @@ fn evaluate_one(
     }
 }
 
-/// What a previous key was computed from: a record's or a failure's.
-struct Previous {
-    kind: String,
-    version: u32,
-    seed: u64,
-    params: serde_json::Value,
-    inputs: BTreeMap<String, Vec<flow_cache::InputRef>>,
-    fingerprints: BTreeMap<String, String>,
-    failed: bool,
-}
-
-/// Compares the last run of this instance with the new key's material.
-fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> StaleReason {
-    let old = match session.cache.read_record(old_key) {
-        flow_cache::RecordState::Ok(r) => Previous {
-            kind: r.kind,
-            version: r.version,
-            seed: r.seed,
-            params: r.params,
-            inputs: r.inputs,
-            fingerprints: r.fingerprints,
-            failed: false,
-        },
-        _ => match session.cache.read_failure(old_key) {
-            Some(f) if !f.kind.is_empty() => Previous {
-                kind: f.kind,
-                version: f.version,
-                seed: f.seed,
-                params: f.params,
-                inputs: f.inputs,
-                fingerprints: f.fingerprints,
-                failed: true,
-            },
+/// Compares the last run of this instance (its record's, else its failure note's key
+/// fields) with what the new key is computed from.
+fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed) -> StaleReason {
+    let (old, failed) = match session.cache.read_record(old_key) {
+        flow_cache::RecordState::Ok(r) => (r.key_fields, false),
+        _ => match session
+            .cache
+            .read_failure(old_key)
+            .and_then(|f| f.key_fields)
+        {
+            Some(fields) if !fields.kind.is_empty() => (fields, true),
             _ => return StaleReason::PreviousRunGone,
         },
     };
+    let new = &new.key_fields;
     let kind = old.kind.clone();
     let version = session
         .registry
@@ -196,10 +175,9 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
             to: version,
         });
     }
-    let new_params = serde_json::to_value(&new.params).unwrap_or_default();
     let empty = serde_json::Map::new();
     let old_map = old.params.as_object().unwrap_or(&empty);
-    let new_map = new_params.as_object().unwrap_or(&empty);
+    let new_map = new.params.as_object().unwrap_or(&empty);
     for (k, v) in new_map {
         match old_map.get(k) {
             Some(o) if o == v => {}
@@ -239,10 +217,10 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
             });
         }
     }
-    if old.seed != seed {
+    if old.seed != new.seed {
         reasons.push(Change::Seed {
             from: old.seed,
-            to: seed,
+            to: new.seed,
         });
     }
     if reasons.is_empty() {
@@ -250,6 +228,6 @@ fn why_changed(session: &Session<'_>, old_key: &str, new: &Keyed, seed: u64) -> 
     }
     StaleReason::Changed {
         changes: reasons,
-        last_failed: old.failed,
+        last_failed: failed,
     }
 }

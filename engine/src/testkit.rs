@@ -1,6 +1,7 @@
 //! Toy stage kinds for the engine's own tests (the real kinds live in
 //! flow-stages, which the engine must not depend on).
 
+use crate::resource::ResourceKind;
 use crate::schema::ParamSpec;
 use crate::stage::{Context, Outcome, Registry, Stage, StageError};
 
@@ -16,6 +17,9 @@ impl Stage for Echo {
     }
     fn version(&self) -> u32 {
         1
+    }
+    fn replicable(&self) -> bool {
+        self.kind == "eval"
     }
     fn about(&self) -> &'static str {
         "test stage"
@@ -33,6 +37,8 @@ impl Stage for Echo {
 
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    r.register_resource(ResourceKind::new("models", "weights", Vec::new()));
+    r.register_resource(ResourceKind::new("generators", "text", Vec::new()));
     r.register(Echo {
         kind: "src",
         params: || {

@@ -6,11 +6,17 @@ use std::sync::Once;
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
+use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
+use plotters_backend::{BackendCoord, DrawingErrorKind};
 
 use crate::histogram::{bin_edges, density};
-use crate::{Figure, Panel, PanelKind, PlotError, Reference, Result, RightAxis, Series};
+use crate::{
+    Figure, Panel, PanelKind, PlotError, Reference, Result, RightAxis, Series, FOOTER_HEIGHT,
+    PANEL_SIZE,
+};
 
 /// A legend sample of a dashed line, as wide as the solid ones: two dashes. (A macro: the
 /// composed element's type depends on the drawing backend.)
@@ -75,10 +81,17 @@ fn err(e: impl std::fmt::Display) -> String {
 
 fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
     root.fill(&WHITE).map_err(err)?;
-    let body = if fig.title.is_empty() {
+    let panels = if fig.footer.is_empty() {
         root.clone()
     } else {
-        root.titled(&fig.title, (FONT, 24)).map_err(err)?
+        let (panels, foot) = root.split_vertically(PANEL_SIZE.1);
+        footer(&foot, &fig.footer)?;
+        panels
+    };
+    let body = if fig.title.is_empty() {
+        panels
+    } else {
+        panels.titled(&fig.title, (FONT, 24)).map_err(err)?
     };
     let areas = body.split_evenly((1, fig.panels.len()));
     for (panel, area) in fig.panels.iter().zip(areas) {
@@ -100,13 +113,13 @@ fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
                 let edges = bin_edges(samples.iter().map(|s| s.values.as_slice()), *bins);
                 let series: Vec<Series> = samples
                     .iter()
-                    .map(|s| Series {
-                        label: s.label.clone(),
-                        points: density(&s.values, &edges)
+                    .map(|s| {
+                        let points = density(&s.values, &edges)
                             .into_iter()
                             .enumerate()
                             .map(|(i, d)| (edges[i], d))
-                            .collect(),
+                            .collect();
+                        Series::new(s.label.clone(), points)
                     })
                     .collect();
                 histogram(&area, panel, &series, &edges)?;
@@ -115,6 +128,72 @@ fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
         }
     }
     root.present().map_err(err)
+}
+
+/// The footer line, centred in its strip (smaller type where it is long).
+fn footer<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, text: &str) -> Res {
+    let (w, _) = area.dim_in_pixel();
+    // DejaVu Sans averages about 0.55 em a character.
+    let fits = (f64::from(w) - 24.0) / (0.55 * text.chars().count().max(1) as f64);
+    let size = fits.clamp(9.0, 14.0);
+    let ink = BLACK.mix(0.8);
+    let style = TextStyle::from((FONT, size))
+        .color(&ink)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    area.draw_text(text, &style, (w as i32 / 2, FOOTER_HEIGHT as i32 / 2))
+        .map_err(err)
+}
+
+/// Half the width of an error bar's caps, in pixels.
+const CAP: i32 = 5;
+
+/// An error bar: a vertical stem from `ends[0]` to `ends[1]` (data
+/// coordinates) with a horizontal cap at each end.
+#[derive(Clone)]
+struct ErrorBar {
+    ends: [(f64, f64); 2],
+    style: ShapeStyle,
+}
+
+impl<'a> PointCollection<'a, (f64, f64)> for &'a ErrorBar {
+    type Point = &'a (f64, f64);
+    type IntoIter = &'a [(f64, f64); 2];
+    fn point_iter(self) -> Self::IntoIter {
+        &self.ends
+    }
+}
+
+impl<DB: DrawingBackend> Drawable<DB> for ErrorBar {
+    fn draw<I: Iterator<Item = BackendCoord>>(
+        &self,
+        mut pos: I,
+        backend: &mut DB,
+        _: (u32, u32),
+    ) -> std::result::Result<(), DrawingErrorKind<DB::ErrorType>> {
+        let (Some(a), Some(b)) = (pos.next(), pos.next()) else {
+            return Ok(());
+        };
+        backend.draw_line(a, b, &self.style)?;
+        for (x, y) in [a, b] {
+            backend.draw_line((x - CAP, y), (x + CAP, y), &self.style)?;
+        }
+        Ok(())
+    }
+}
+
+/// The error bars of a series' points that have an interval.
+fn error_bars(s: &Series, c: RGBColor) -> Vec<ErrorBar> {
+    s.points
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(x, _))| {
+            let (lo, hi) = s.interval(i)?;
+            Some(ErrorBar {
+                ends: [(x, lo), (x, hi)],
+                style: c.stroke_width(2),
+            })
+        })
+        .collect()
 }
 
 /// A range around `values` with 5% padding (a unit range around one value).
@@ -137,6 +216,25 @@ fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
 
 fn ys(series: &[Series]) -> impl Iterator<Item = f64> + '_ {
     series.iter().flat_map(|s| s.points.iter().map(|p| p.1))
+}
+
+/// Every y a lines panel draws on one axis: points and interval ends.
+fn ys_with_intervals(series: &[Series]) -> impl Iterator<Item = f64> + '_ {
+    ys(series).chain(
+        series
+            .iter()
+            .flat_map(|s| s.intervals.iter().flatten().flat_map(|&(lo, hi)| [lo, hi])),
+    )
+}
+
+/// The ends of every error bar of `series`, as two-point lines.
+fn bars(series: &[Series]) -> impl Iterator<Item = Vec<(f64, f64)>> + '_ {
+    series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(x, _))| s.interval(i).map(|(lo, hi)| vec![(x, lo), (x, hi)]))
+    })
 }
 
 fn xs(series: &[Series]) -> impl Iterator<Item = f64> + '_ {
@@ -166,8 +264,14 @@ fn lines<DB: DrawingBackend>(
         Some(t) => -0.5..(t.len().max(1) as f64 - 0.5),
         None => padded(xs(series).chain(right.into_iter().flat_map(|r| xs(&r.series)))),
     };
-    let mut y_range = padded(ys(series).chain(references.iter().map(|r| r.y)));
-    let mut right_range = right.map(|r| padded(ys(&r.series)));
+    let mut y_range = padded(
+        ys_with_intervals(series).chain(references.iter().flat_map(|r| {
+            [r.y]
+                .into_iter()
+                .chain(r.interval.into_iter().flat_map(|(lo, hi)| [lo, hi]))
+        })),
+    );
+    let mut right_range = right.map(|r| padded(ys_with_intervals(&r.series)));
     // Where the legend hides the fewest points, on either axis.
     let unit = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
     let scaled = |s: &Series, yr: &Range<f64>| -> Vec<(f64, f64)> {
@@ -176,7 +280,17 @@ fn lines<DB: DrawingBackend>(
             .map(|&(x, y)| (unit(x, &x_range), unit(y, yr)))
             .collect()
     };
+    let scaled_bars = |s: &[Series], yr: &Range<f64>| -> Vec<Vec<(f64, f64)>> {
+        bars(s)
+            .map(|b| {
+                b.into_iter()
+                    .map(|(x, y)| (unit(x, &x_range), unit(y, yr)))
+                    .collect()
+            })
+            .collect()
+    };
     let mut drawn: Vec<Vec<(f64, f64)>> = series.iter().map(|s| scaled(s, &y_range)).collect();
+    drawn.extend(scaled_bars(series, &y_range));
     // A reference line spans the panel.
     drawn.extend(references.iter().map(|r| {
         let y = unit(r.y, &y_range);
@@ -184,6 +298,7 @@ fn lines<DB: DrawingBackend>(
     }));
     for (r, yr) in right.iter().zip(&right_range) {
         drawn.extend(r.series.iter().map(|s| scaled(s, yr)));
+        drawn.extend(scaled_bars(&r.series, yr));
     }
     let (mut corner, covered) = emptiest_corner(&drawn);
     if covered > 0 {
@@ -246,6 +361,7 @@ fn lines<DB: DrawingBackend>(
                 .map(|&p| TriangleMarker::new(p, 6, c.filled())),
         )
         .map_err(err)?;
+        dual.draw_secondary_series(error_bars(s, c)).map_err(err)?;
     }
     legend(&mut dual, corner)
 }
@@ -350,9 +466,17 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
         chart
             .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
             .map_err(err)?;
+        chart.draw_series(error_bars(s, c)).map_err(err)?;
     }
     for (i, r) in references.iter().enumerate() {
         let c = color(series.len() + i);
+        if let Some((lo, hi)) = r.interval {
+            // A light band under the line: the reference's interval.
+            let band = [(x_range.start, lo), (x_range.end, hi)];
+            chart
+                .draw_series([Rectangle::new(band, c.mix(0.15).filled())])
+                .map_err(err)?;
+        }
         let ends = [(x_range.start, r.y), (x_range.end, r.y)];
         chart
             .draw_series(DashedLineSeries::new(ends, 6, 4, c.stroke_width(2)))

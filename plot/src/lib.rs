@@ -134,7 +134,10 @@ impl Figure {
             let intervals_ok = |s: &[Series]| {
                 s.iter().all(|s| {
                     (s.intervals.is_empty() || s.intervals.len() == s.points.len())
-                        && s.intervals.iter().flatten().all(|&(lo, hi)| ordered(lo, hi))
+                        && s.intervals
+                            .iter()
+                            .flatten()
+                            .all(|&(lo, hi)| ordered(lo, hi))
                 })
             };
             match &p.kind {

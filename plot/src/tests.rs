@@ -1,10 +1,7 @@
 use super::*;
 
 fn series(label: &str, pts: &[(f64, f64)]) -> Series {
-    Series {
-        label: label.into(),
-        points: pts.to_vec(),
-    }
+    Series::new(label, pts.to_vec())
 }
 
 fn figure() -> Figure {
@@ -28,6 +25,7 @@ fn figure() -> Figure {
                     references: vec![Reference {
                         label: "real".into(),
                         y: 3.0,
+                        interval: None,
                     }],
                 },
             },
@@ -72,6 +70,7 @@ fn figure() -> Figure {
                 },
             },
         ],
+        footer: String::new(),
     }
 }
 
@@ -130,4 +129,118 @@ fn densities_share_bins_and_integrate_to_one() {
     assert!((total - 1.0).abs() < 1e-12);
     // One distinct value still gets a bin.
     assert_eq!(bin_edges([&[5.0][..]], 1), vec![4.5, 5.5]);
+}
+
+/// One lines panel whose points carry 95% intervals (error bars with caps),
+/// a reference with a band, and a footer saying what the bars are.
+fn with_intervals() -> Figure {
+    let mut loss = series("SmolLM2-135M", &[(0.0, 3.1), (0.5, 3.3), (1.0, 3.6)]);
+    loss.intervals = vec![Some((3.0, 3.2)), None, Some((3.4, 3.9))];
+    let mut div = series("diversity", &[(0.0, 1.0), (1.0, 0.6)]);
+    div.intervals = vec![Some((0.9, 1.05)), Some((0.5, 0.7))];
+    Figure {
+        title: "Fig. 5".into(),
+        panels: vec![Panel {
+            title: "QA".into(),
+            x_label: "generated share".into(),
+            y_label: "test loss".into(),
+            kind: PanelKind::Lines {
+                series: vec![loss],
+                x_ticks: None,
+                right: Some(RightAxis {
+                    label: "normalized Distinct-5".into(),
+                    series: vec![div],
+                }),
+                references: vec![Reference {
+                    label: "real".into(),
+                    y: 2.8,
+                    interval: Some((2.7, 2.9)),
+                }],
+            },
+        }],
+        footer: "3 seeds per point, 64 test examples; bars: 95% CI (Student t over seeds)".into(),
+    }
+}
+
+/// SVG `<line>` elements (plotters draws straight segments, not polylines,
+/// as these) in a colour.
+fn lines_in(svg: &str, colour: &str) -> usize {
+    svg.lines()
+        .filter(|l| l.trim_start().starts_with("<line") && l.contains(colour))
+        .count()
+}
+
+#[test]
+fn intervals_are_error_bars_with_caps_and_the_footer_is_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let fig = with_intervals();
+    let (svg, png) = fig.render(dir.path(), "fig").unwrap();
+    if let Some(keep) = std::env::var_os("FLOW_PLOT_KEEP") {
+        fig.render(std::path::Path::new(&keep), "intervals")
+            .unwrap();
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("bars: 95% CI (Student t over seeds)"),
+        "no footer"
+    );
+    // Each bar is three straight lines (stem and two caps) in its series'
+    // colour: two bars on the left (blue), two on the right (the third colour).
+    assert_eq!(lines_in(&text, "#0072B2"), 6, "{text}");
+    assert_eq!(lines_in(&text, "#009E73"), 6);
+    // The caps are 10 pixels wide and level.
+    let caps = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("<line") && l.contains("#0072B2"))
+        .filter(|l| {
+            let attr = |name: &str| -> f64 {
+                let at = l.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                l[at..].split('"').next().unwrap().parse().unwrap()
+            };
+            attr("y1") == attr("y2") && (attr("x2") - attr("x1")).abs() == 10.0
+        })
+        .count();
+    assert_eq!(caps, 4);
+    // The reference's band: a translucent rectangle in the reference's colour.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("<rect") && l.contains("#D55E00") && l.contains("opacity=\"0.15")),
+        "no band"
+    );
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), fig.size());
+    assert_eq!(fig.size(), (PANEL_SIZE.0, PANEL_SIZE.1 + FOOTER_HEIGHT));
+    // The footer's text: dark pixels in the strip under the panel.
+    let footer_ink = (PANEL_SIZE.1..fig.size().1)
+        .flat_map(|y| (0..fig.size().0).map(move |x| (x, y)))
+        .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 120))
+        .count();
+    assert!(footer_ink > 100, "footer drawn on {footer_ink} pixels");
+    // Without intervals the same panel draws no such lines.
+    let mut plain = fig.clone();
+    if let PanelKind::Lines { series, right, .. } = &mut plain.panels[0].kind {
+        series[0].intervals.clear();
+        right.as_mut().unwrap().series[0].intervals.clear();
+    }
+    plain.footer.clear();
+    let (svg, _) = plain.render(dir.path(), "plain").unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(lines_in(&text, "#0072B2"), 0);
+    assert!(!text.contains("bars: 95%"));
+}
+
+#[test]
+fn bad_intervals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fig = with_intervals();
+    if let PanelKind::Lines { series, .. } = &mut fig.panels[0].kind {
+        series[0].intervals.pop();
+    }
+    let e = fig.render(dir.path(), "fig").unwrap_err().to_string();
+    assert!(e.contains("QA") && e.contains("interval"), "{e}");
+    let mut fig = with_intervals();
+    if let PanelKind::Lines { series, .. } = &mut fig.panels[0].kind {
+        series[0].intervals[0] = Some((3.2, 3.0));
+    }
+    assert!(fig.render(dir.path(), "fig").is_err());
 }

@@ -1,17 +1,23 @@
-//! Stage kinds of `flow`: real data, generation, mixing, scoring, training,
-//! evaluation, embeddings, tables and figures.
+//! Stage kinds of `flow`: real data, generation (topics, stories, QA pairs,
+//! paraphrases and the paraphrase-replacement levels), mixing and subsets,
+//! scoring, LoRA training, evaluation, sentence embeddings (their KL and
+//! t-SNE), tables and figures with uncertainty over replicates, and the
+//! paper's findings tested against the data.
 //!
 //! - [`kinds`]: one module per stage kind (`kinds/<kind>.rs`, or
 //!   `kinds/<kind>/mod.rs` beside its `tests.rs`), each with its parameters
 //!   read once into a typed `Settings`. A kind never imports another kind
 //!   (`tests::kinds_import_no_other_kind` checks it): what kinds share lives
-//!   in the two modules below.
+//!   in the modules below.
 //! - [`contracts`]: the files one stage writes and another reads (datasets,
-//!   topics, embeddings, adapters, t-SNE points, loss curves): their names,
-//!   writers and readers.
-//! - [`toolkit`]: helpers named for their job: model resolution and loading,
-//!   training, generation, text, cores, seeds, parameters, real corpora.
-//! - [`resources`]: what `[models.*]` and `[generators.*]` entries accept.
+//!   topics, embeddings, adapters, t-SNE points, loss curves, per-example
+//!   losses): their names, writers and readers.
+//! - [`toolkit`]: helpers named for their job: parameters, model resolution
+//!   and loading, sentence encoders, training, generation, text, cores, seeds,
+//!   replicates, real corpora, JSON Lines, cache folders.
+//! - [`resources`]: the resource kinds, `[models.*]` and `[generators.*]`:
+//!   the fields of an entry, which of them stay out of content keys, and the
+//!   parameters that name an entry.
 //!
 //! A new kind is its module under `kinds/` and one line in the list below.
 
@@ -62,4 +68,5 @@ kinds! {
     embed::Embed,
     embed_kl::EmbedKl,
     tsne::Tsne,
+    findings::Findings,
 }

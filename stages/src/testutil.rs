@@ -277,7 +277,7 @@ pub fn model_resources(name: &str, path: &Path, format: Option<&str>) -> Resourc
         entry.insert("format".to_string(), Value::Str(f.to_string()));
     }
     let mut resources = Resources::default();
-    resources.models.insert(name.to_string(), entry);
+    resources.insert(crate::resources::MODELS, name, entry);
     resources
 }
 

@@ -4,12 +4,22 @@
 use std::path::{Component, Path};
 
 use super::toml_spans::Entry;
-use super::{valid_name, Loader, Manifest};
+use super::{valid_name, Loader, Located, Manifest};
 use crate::diag::Diagnostic;
 use crate::schema::type_error;
 use crate::value::Value;
 
-const FLOW_KEYS: &[&str] = &["name", "seed", "results", "description", "max_instances"];
+const FLOW_KEYS: &[&str] = &[
+    "name",
+    "seed",
+    "results",
+    "description",
+    "max_instances",
+    "replicates",
+];
+
+/// The most replicates `[flow] replicates` may ask for.
+pub const MAX_REPLICATES: i64 = 1000;
 
 /// Why a `results` folder is refused: it must stay inside the project folder (an absolute
 /// folder is given on the command line, `--results-dir`, where the user asks for it).
@@ -77,6 +87,11 @@ impl Loader<'_> {
                         other,
                     )),
                 },
+                "replicates" => {
+                    if let Some(n) = self.replicates(&path, &v) {
+                        m.replicates = n;
+                    }
+                }
                 "description" => match &v.value {
                     Value::Str(s) => m.description = Some(s.clone()),
                     other => self.err(type_error(&path, v.span.clone(), "a string", other)),
@@ -99,6 +114,27 @@ impl Loader<'_> {
                 Diagnostic::new("flow.name", 0..0, "`[flow]` needs `name`")
                     .with_help("add `name = \"my-experiment\"` under `[flow]`"),
             );
+        }
+    }
+}
+
+impl Loader<'_> {
+    /// `replicates = N`: 1 to [`MAX_REPLICATES`].
+    pub(super) fn replicates(&mut self, path: &str, v: &Located) -> Option<u64> {
+        match v.value {
+            Value::Int(n) if (1..=MAX_REPLICATES).contains(&n) => Some(n as u64),
+            Value::Int(n) => {
+                self.err(Diagnostic::new(
+                    path,
+                    v.span.clone(),
+                    format!("replicates must be between 1 and {MAX_REPLICATES}, found {n}"),
+                ));
+                None
+            }
+            ref other => {
+                self.err(type_error(path, v.span.clone(), "an integer", other));
+                None
+            }
         }
     }
 }

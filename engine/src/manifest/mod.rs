@@ -5,14 +5,14 @@
 //! include = ["common/x.toml"]  # stages, resources and profiles shared with other manifests
 //! [flow]                       # name, seed, results, description
 //! [profile.tiny]               # "stage.param" = value overrides
-//! [models.NAME]                # where weights come from
-//! [generators.NAME]            # how text is generated
+//! [models.NAME]                # a resource: sections and their fields are declared by
+//! [generators.NAME]            #   the binary (`ResourceKind`), e.g. weights, text generators
 //! [stages.NAME]                # kind = "...", then the kind's parameters
 //! ```
 //!
 //! Loading is split by job, one module each: `toml_spans` turns TOML into values that
 //! remember where they were written; `include` reads the included files and merges them;
-//! `flow_section`, `resources` (`[models.*]`, `[generators.*]`), `stages` and `profiles`
+//! `flow_section`, `resources` (the declared resource sections), `stages` and `profiles`
 //! read the sections; `params` checks a value against its declaration (fan-out lists here,
 //! the scalar checks in [`crate::schema`]); `references` checks that names point at
 //! something; `graph` builds the stage graph and finds cycles.
@@ -32,7 +32,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, ManifestErrors, SourceFile};
-use crate::stage::Registry;
+use crate::resource::Resources;
+use crate::stage::{Registry, RESERVED_SECTIONS};
 use crate::value::Value;
 
 pub use flow_section::check_results_path;
@@ -52,11 +53,13 @@ pub struct StageDecl {
     pub name: String,
     pub span: Range<usize>,
     pub kind: String,
-    pub seed: Option<u64>,
+    /// `seed = 3` is one seed; `seed = [1, 2, 3]` fans the stage out on an axis `seed`.
+    pub seeds: Option<Vec<u64>>,
     pub params: BTreeMap<String, Located>,
 }
 
-/// A named `[models.*]` or `[generators.*]` entry.
+/// A named entry of a resource section (`[models.NAME]`, `[generators.NAME]`: whatever the
+/// registry declares).
 #[derive(Clone, Debug)]
 pub struct Resource {
     pub name: String,
@@ -88,9 +91,13 @@ pub struct Manifest {
     pub description: Option<String>,
     /// `[flow] max_instances`: planning refuses a manifest that fans out to more.
     pub max_instances: usize,
+    /// `[flow] replicates`: seeds given to every stage whose kind is replicable (training)
+    /// and that sets no seed list of its own; 1 = no seed axis.
+    pub replicates: u64,
     pub profiles: BTreeMap<String, Vec<Override>>,
-    pub models: BTreeMap<String, Resource>,
-    pub generators: BTreeMap<String, Resource>,
+    /// Resource entries by section, then name: `[SECTION.NAME]` for every section the
+    /// registry declares ([`crate::resource::ResourceKind`]).
+    pub resources: BTreeMap<String, BTreeMap<String, Resource>>,
     /// In the order written; included stages first, in include order.
     pub stages: Vec<StageDecl>,
 }
@@ -148,6 +155,29 @@ impl Manifest {
         }
     }
 
+    /// The entries of the resource section `section` (none if the manifest has none).
+    pub fn resource_entries(&self, section: &str) -> &BTreeMap<String, Resource> {
+        static NONE: BTreeMap<String, Resource> = BTreeMap::new();
+        self.resources.get(section).unwrap_or(&NONE)
+    }
+
+    /// The resources as stages see them: each entry's values, without where they were
+    /// written.
+    pub fn resource_values(&self) -> Resources {
+        let mut out = Resources::default();
+        for (section, entries) in &self.resources {
+            for (name, r) in entries {
+                let fields = r
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect();
+                out.insert(section.clone(), name.clone(), fields);
+            }
+        }
+        out
+    }
+
     pub fn stage(&self, name: &str) -> Option<&StageDecl> {
         self.stages.iter().find(|s| s.name == name)
     }
@@ -167,16 +197,6 @@ impl Manifest {
         crate::diag::location(&self.path, &self.source, &self.included, offset)
     }
 }
-
-/// The top-level keys of a manifest file.
-const TOP_KEYS: &[&str] = &[
-    "include",
-    "flow",
-    "profile",
-    "models",
-    "generators",
-    "stages",
-];
 
 /// Reads a manifest and the files it includes into one [`Manifest`], collecting every
 /// problem as a [`Diagnostic`]. Its jobs live in the sibling modules, one `impl` each.
@@ -244,9 +264,9 @@ impl<'r> Loader<'r> {
             results: String::new(),
             description: None,
             max_instances: DEFAULT_MAX_INSTANCES,
+            replicates: 1,
             profiles: BTreeMap::new(),
-            models: BTreeMap::new(),
-            generators: BTreeMap::new(),
+            resources: BTreeMap::new(),
             stages: Vec::new(),
         };
         self.source = source.to_string();
@@ -277,6 +297,17 @@ impl<'r> Loader<'r> {
             m.results = format!("results/{}", m.name);
         }
         Some(m)
+    }
+
+    /// The top-level keys of a manifest file: its own sections and the declared resource
+    /// sections.
+    fn top_keys(&self) -> Vec<&'r str> {
+        let registry = self.registry;
+        RESERVED_SECTIONS
+            .iter()
+            .copied()
+            .chain(registry.resource_kinds().map(|k| k.section))
+            .collect()
     }
 
     /// Reads one file (the manifest or an included one, at `self.base`): first what it
@@ -322,16 +353,18 @@ impl<'r> Loader<'r> {
                         self.collect_profiles(t);
                     }
                 }
-                "models" => self.resources(m, "models", value),
-                "generators" => self.resources(m, "generators", value),
                 "stages" => {
                     stages_raw = self.table("stages", value);
                     seen.stages |= stages_raw.is_some();
                 }
+                other if self.registry.resource_kind(other).is_some() => {
+                    self.resources(m, other, value)
+                }
                 other => {
+                    let sections = self.top_keys();
                     let d = Diagnostic::new(other, span, format!("unknown section `{other}`"));
-                    self.err(d.suggest_or(other, TOP_KEYS.iter().copied(), || {
-                        format!("sections are {}", crate::schema::quote_list(TOP_KEYS))
+                    self.err(d.suggest_or(other, sections.iter().copied(), || {
+                        format!("sections are {}", crate::schema::quote_list(&sections))
                     }));
                 }
             }

@@ -70,6 +70,42 @@ impl Loader<'_> {
     }
 
     /// A seed: a non-negative integer.
+    /// A stage's `seed`: one seed, or a list of seeds that fans the stage out on an axis
+    /// named `seed` (replicates). Returns the seeds (one for a plain seed).
+    pub(super) fn seeds(&mut self, path: &str, v: &Located) -> Option<Vec<u64>> {
+        let Value::List(items) = &v.value else {
+            return self.seed(path, v).map(|s| vec![s]);
+        };
+        if items.is_empty() {
+            self.err(Diagnostic::new(
+                path,
+                v.span.clone(),
+                "an empty list of seeds fans out to no instances",
+            ));
+            return None;
+        }
+        let mut seeds = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let span = v.item_spans.get(i).cloned().unwrap_or(v.span.clone());
+            let one = Located {
+                value: item.clone(),
+                span: span.clone(),
+                item_spans: Vec::new(),
+            };
+            let seed = self.seed(path, &one)?;
+            if seeds.contains(&seed) {
+                self.err(Diagnostic::new(
+                    path,
+                    span,
+                    format!("seed {seed} appears twice in the list"),
+                ));
+                return None;
+            }
+            seeds.push(seed);
+        }
+        Some(seeds)
+    }
+
     pub(super) fn seed(&mut self, path: &str, v: &Located) -> Option<u64> {
         match v.value {
             Value::Int(i) if i >= 0 => Some(i as u64),
@@ -109,7 +145,16 @@ mod tests {
             ("seed = 3", ""),
             ("seed = -1", "seed must be a non-negative integer, found -1"),
             ("seed = \"x\"", "`seed` must be an integer"),
-            ("seed = [1, 2]", "`seed` must be an integer"),
+            ("seed = [1, 2]", ""),
+            ("seed = [1, 2, 1]", "seed 1 appears twice in the list"),
+            (
+                "seed = []",
+                "an empty list of seeds fans out to no instances",
+            ),
+            (
+                "seed = [1, -2]",
+                "seed must be a non-negative integer, found -2",
+            ),
         ];
         for (line, expected) in rows {
             let err = errors(&format!(

@@ -208,6 +208,9 @@ impl Loader<'_> {
                 "seed" if field.is_empty() => {
                     self.seed(key, &v);
                 }
+                "replicates" if field.is_empty() => {
+                    self.replicates(key, &v);
+                }
                 "results" | "description" if field.is_empty() => match &v.value {
                     Value::Str(s) if param == "results" => {
                         if let Some(problem) = check_results_path(s) {
@@ -225,7 +228,8 @@ impl Loader<'_> {
                             format!("`flow.{param}` cannot be overridden by a profile"),
                         )
                         .with_help(
-                            "profiles may set `flow.seed`, `flow.results` and `flow.description`",
+                            "profiles may set `flow.seed`, `flow.replicates`, `flow.results` and \
+                             `flow.description`",
                         ),
                     );
                     return None;
@@ -247,7 +251,7 @@ impl Loader<'_> {
         let kind = self.registry.get(&decl.kind)?; // an unknown kind is already reported
         let specs = kind.params();
         if param == "seed" && field.is_empty() {
-            self.seed(key, &v);
+            self.seeds(key, &v);
             return done(v);
         }
         let Some(spec) = specs.iter().find(|s| s.name == param) else {

@@ -1,5 +1,5 @@
 //! References: every stage name a parameter gives (inputs, gathered stages) and every
-//! resource name (models, generators) must name something the manifest defines, wherever
+//! resource name (`[models.*]`, `[generators.*]`...) must name something the manifest defines, wherever
 //! it was defined (the manifest or a file it includes).
 
 use std::ops::Range;
@@ -23,14 +23,11 @@ impl Loader<'_> {
                 };
                 let key = format!("stages.{}.{}", decl.name, spec.name);
                 let targets: Vec<(String, Range<usize>)> = match (&spec.ty, &v.value) {
-                    (ParamType::Input | ParamType::Model | ParamType::Generator, Value::Str(s)) => {
+                    (ParamType::Input | ParamType::Resource(_), Value::Str(s)) => {
                         vec![(s.clone(), v.span.clone())]
                     }
                     (
-                        ParamType::Input
-                        | ParamType::Gather
-                        | ParamType::Model
-                        | ParamType::Generator,
+                        ParamType::Input | ParamType::Gather | ParamType::Resource(_),
                         Value::List(items),
                     ) => items
                         .iter()
@@ -70,12 +67,8 @@ impl Loader<'_> {
                                 }));
                             }
                         }
-                        ParamType::Model | ParamType::Generator => {
-                            let (section, pool) = if spec.ty == ParamType::Model {
-                                ("models", &m.models)
-                            } else {
-                                ("generators", &m.generators)
-                            };
+                        ParamType::Resource(section) => {
+                            let pool = m.resource_entries(section);
                             if !pool.contains_key(&target) {
                                 let d = Diagnostic::new(
                                     &key,

@@ -1,6 +1,6 @@
-//! The resource tables, `[models.*]` and `[generators.*]`: named entries whose fields the
-//! registry declares (`Registry::resource_params`). Every resource table is read here, so
-//! a new kind of resource changes this file (and `Manifest`'s fields) only.
+//! The resource sections, `[models.*]`, `[generators.*]` or whatever else the registry
+//! declares (`Registry::register_resource`): named entries whose fields the declaration
+//! lists. Every resource section is read here, whichever it is.
 
 use std::collections::BTreeMap;
 
@@ -9,14 +9,6 @@ use toml::Spanned;
 
 use super::{valid_name, Loader, Manifest, Resource};
 use crate::diag::Diagnostic;
-
-/// The entries of one resource table of the manifest (`models` or `generators`).
-fn pool<'m>(m: &'m mut Manifest, section: &str) -> &'m mut BTreeMap<String, Resource> {
-    match section {
-        "models" => &mut m.models,
-        _ => &mut m.generators,
-    }
-}
 
 impl Loader<'_> {
     /// Reads `[SECTION.*]` of one file into the manifest; a name another file defined
@@ -30,7 +22,11 @@ impl Loader<'_> {
         let Some(entries) = self.table(section, value) else {
             return;
         };
-        let specs = self.registry.resource_params(section);
+        let registry = self.registry;
+        let specs = registry
+            .resource_kind(section)
+            .map(|k| k.params.as_slice())
+            .unwrap_or(&[]);
         for (key, value) in entries {
             let name = key.get_ref().to_string();
             let path = format!("{section}.{name}");
@@ -43,7 +39,8 @@ impl Loader<'_> {
                 ));
                 continue;
             }
-            if let Some(first) = pool(m, section).get(&name).map(|r| r.span.clone()) {
+            let first = m.resource_entries(section).get(&name);
+            if let Some(first) = first.map(|r| r.span.clone()) {
                 let d = self.defined_twice(&format!("`[{path}]`"), &path, first, key_span);
                 self.err(d);
                 continue;
@@ -87,7 +84,10 @@ impl Loader<'_> {
                     ));
                 }
             }
-            pool(m, section).insert(name, resource);
+            m.resources
+                .entry(section.to_string())
+                .or_default()
+                .insert(name, resource);
         }
     }
 }
@@ -97,12 +97,13 @@ mod tests {
     use crate::manifest::tests::errors;
 
     /// Each row: a resource table, and a part of its error (empty: none). The test
-    /// registry declares no resource fields, so any field is unknown.
+    /// registry declares `models` and `generators` with no fields, so any field is unknown.
     #[test]
     fn resource_tables_are_checked() {
         let rows = [
             ("[models.m]\n", ""),
             ("[generators.g]\n", ""),
+            ("[modles.m]\n", "did you mean `models`?"),
             ("[models.\"a b\"]\n", "invalid name `a b`"),
             (
                 "[models.m]\nsize = 1\n",

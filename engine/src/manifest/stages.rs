@@ -41,7 +41,7 @@ impl Loader<'_> {
                 name: name.clone(),
                 span: key_span,
                 kind: String::new(),
-                seed: None,
+                seeds: None,
                 params: BTreeMap::new(),
             };
             let mut raw = Vec::new();
@@ -94,7 +94,7 @@ impl Loader<'_> {
                 let fpath = format!("{path}.{fname}");
                 match fname.as_str() {
                     "kind" => {}
-                    "seed" => decl.seed = self.seed(&fpath, &v),
+                    "seed" => decl.seeds = self.seeds(&fpath, &v),
                     _ => match specs.iter().find(|s| s.name == fname) {
                         Some(spec) => {
                             let v = self.check_param(&fpath, spec, v, true);
@@ -206,7 +206,7 @@ mod tests {
         );
         let mix = m.stage("m").unwrap();
         assert_eq!(mix.kind, "mix");
-        assert_eq!(mix.seed, Some(9));
+        assert_eq!(mix.seeds, Some(vec![9]));
         assert_eq!(mix.params["ratio"].value, Value::Float(1.0));
         // Declared defaults are filled in while planning, not here.
         assert!(!mix.params.contains_key("lora"));

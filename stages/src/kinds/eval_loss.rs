@@ -5,16 +5,26 @@
 //! scores every token), averaged over all predicted tokens of the dataset
 //! (not per example). Perplexity is its exponential. The model is the base
 //! model, or the base model plus the LoRA adapter of a `train_lora` stage.
+//!
+//! Beside the mean, each example's loss (its mean per scored token) and
+//! scored tokens are written with its id (`per_example.csv`, see
+//! [`per_example`]): the test loss is their token-weighted mean, and
+//! intervals over test examples resample them.
 
+use candle_core::{DType, Tensor, D};
 use flow_engine::{Context, Outcome, ParamProblem, ParamSpec, Params, Stage, StageError, Threads};
 use flow_train::data::Loss;
-use flow_train::trainer;
+use flow_train::lora::Lora;
+use flow_train::model::{Batch, CausalLm};
+use flow_train::trainer::Monitor;
+use flow_train::ops;
 
+use crate::contracts::per_example::{self, ExampleLoss, PER_EXAMPLE_FILE};
 use crate::contracts::{adapter, dataset};
 use crate::toolkit::cores::thread_pool;
 use crate::toolkit::models::load_causal_lm;
 use crate::toolkit::params;
-use crate::toolkit::training::{self, encode_all, trainer_error, StageMonitor};
+use crate::toolkit::training::{self, encode_all, other, trainer_error, StageMonitor};
 
 pub struct EvalLoss;
 
@@ -49,18 +59,21 @@ impl Stage for EvalLoss {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: each example's loss is written (`per_example.csv`); the mean
+        // is the sum of the examples' token losses over their tokens.
+        2
     }
 
     fn about(&self) -> &'static str {
         "Test loss (mean target-token cross-entropy) and perplexity of a base model, or a base \
-         model plus a `train_lora` adapter, on a dataset"
+         model plus a `train_lora` adapter, on a dataset; each example's loss beside it \
+         (per_example.csv: id, loss, tokens)"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::input("data", "stage with the test examples").required(),
-            ParamSpec::model(
+            crate::resources::model_param(
                 "model",
                 "the base model (a `[models.*]` entry); default: the adapter's",
             ),
@@ -142,22 +155,33 @@ impl Stage for EvalLoss {
             ctx: &*ctx,
             show_loss: false,
         };
-        let (sum, count) = pool
-            .install(|| {
-                trainer::eval_sum(
-                    loaded.model.as_ref(),
-                    lora.as_ref().map(|l| &l.1),
-                    &seqs,
-                    batch_size,
-                    loaded.tokenizer.eos,
-                    &monitor,
-                )
-            })
-            .map_err(trainer_error)?;
+        let scored = pool.install(|| {
+            per_example_sums(
+                loaded.model.as_ref(),
+                lora.as_ref().map(|l| &l.1),
+                &seqs,
+                batch_size,
+                loaded.tokenizer.eos,
+                &monitor,
+            )
+        })?;
+        let count: usize = scored.iter().map(|s| s.1).sum();
         if count == 0 {
             return Err(StageError::invalid("no target tokens to score"));
         }
+        let sum: f64 = scored.iter().map(|s| s.0).sum();
         let test_loss = sum / count as f64;
+        let rows: Vec<ExampleLoss> = examples
+            .iter()
+            .zip(&scored)
+            .map(|(e, &(s, n))| ExampleLoss {
+                id: e.id.clone(),
+                loss: if n > 0 { s / n as f64 } else { f64::NAN },
+                tokens: n,
+            })
+            .collect();
+        let per_example_path = ctx.out_path(PER_EXAMPLE_FILE);
+        per_example::write(&per_example_path, &rows)?;
         let perplexity = test_loss.exp();
         let what = match &lora {
             Some((inst, _)) => format!("{model_name} + adapter of `{inst}`"),
@@ -183,6 +207,7 @@ impl Stage for EvalLoss {
         .map_err(|e| StageError::io(format!("write {}", out.display()), e))?;
         Ok(Outcome::default()
             .output(EVAL_FILE, out)
+            .published(PER_EXAMPLE_FILE, per_example_path)
             .metric("test_loss", test_loss)
             .metric("perplexity", perplexity)
             .metric("tokens", count as u64)
@@ -203,4 +228,72 @@ fn adapter_base(ctx: &Context<'_>) -> Result<String, StageError> {
                 up.instance
             ))
         })
+}
+
+/// Each sequence's summed cross-entropy over its scored tokens, and how
+/// many were scored, in the order of `seqs`. Batches as
+/// `flow_train::trainer::eval_sum` does (sorted by length to keep padding
+/// small; one forward pass a batch), with the per-token losses kept apart.
+fn per_example_sums(
+    model: &dyn CausalLm,
+    lora: Option<&Lora>,
+    seqs: &[(Vec<u32>, Vec<bool>)],
+    batch_size: usize,
+    pad: u32,
+    monitor: &dyn Monitor,
+) -> Result<Vec<(f64, usize)>, StageError> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].0.len());
+    let mut out = vec![(0.0, 0); seqs.len()];
+    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    for (step, chunk) in chunks.iter().enumerate() {
+        if monitor.stop() {
+            return Err(StageError::Cancelled);
+        }
+        let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+        let batch = Batch::new(&items, pad, model.device()).map_err(trainer_error)?;
+        if batch.n_labels > 0 {
+            let losses = token_losses(model, lora, &batch).map_err(other)?;
+            // Batch::new lists the scored positions example by example.
+            let mut at = 0;
+            for (&i, (toks, target)) in chunk.iter().zip(&items) {
+                let n = (1..toks.len()).filter(|&j| target[j]).count();
+                out[i] = (losses[at..at + n].iter().sum(), n);
+                at += n;
+            }
+            if at != losses.len() {
+                return Err(StageError::Other(format!(
+                    "internal: {} scored tokens in a batch of {at}",
+                    losses.len()
+                )));
+            }
+        }
+        monitor.step(step + 1, chunks.len(), 0.0, 0.0);
+    }
+    Ok(out)
+}
+
+/// The cross-entropy of every scored token of a batch, in the batch's order
+/// (as `CausalLm::loss_sum` computes them before summing; in f32 at least).
+fn token_losses(
+    model: &dyn CausalLm,
+    lora: Option<&Lora>,
+    batch: &Batch,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let hidden = model.hidden(&batch.ids, lora, None)?;
+    let picked = hidden.index_select(&batch.positions, 0)?;
+    let logits = ops::frozen_linear(&picked, model.lm_head())?;
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits,
+        _ => logits.to_dtype(DType::F32)?,
+    };
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let label = shifted.gather(&batch.labels.unsqueeze(1)?, 1)?;
+    let losses: Tensor = (lse - label)?.squeeze(1)?;
+    Ok(losses
+        .to_dtype(DType::F64)?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_vec1::<f64>()?)
 }

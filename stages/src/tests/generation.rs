@@ -105,8 +105,9 @@ fn run_remote(
     concurrency: i64,
 ) -> (Vec<u8>, serde_json::Map<String, serde_json::Value>) {
     let mut resources = Resources::default();
-    resources.generators.insert(
-        "remote".into(),
+    resources.insert(
+        crate::resources::GENERATORS,
+        "remote",
         BTreeMap::from([
             ("backend".into(), Value::Str("openai".into())),
             ("base_url".into(), Value::Str(url.into())),

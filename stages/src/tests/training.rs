@@ -8,6 +8,7 @@ use flow_engine::{Params, Resources, Upstream};
 
 use crate::contracts::adapter::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::contracts::loss_curve::LOSS_FILE;
+use crate::contracts::per_example::{self, PER_EXAMPLE_FILE};
 use crate::kinds::eval_loss::EvalLoss;
 use crate::kinds::source::Source;
 use crate::kinds::train_lora::TrainLora;
@@ -122,6 +123,37 @@ fn eval(
     run(&EvalLoss, &p, inputs(ins), resources, None)
 }
 
+/// The per-example losses of an `eval_loss` run on `test`: one row per test
+/// example, with its id, in the dataset's order; their token-weighted mean
+/// is the reported test loss and their tokens its token count. Returns the
+/// rows.
+fn check_per_example(eval: &Ran, test: &Ran) -> Vec<per_example::ExampleLoss> {
+    let rows = per_example::read(&eval.file(PER_EXAMPLE_FILE)).unwrap();
+    let ids: Vec<String> = test.data().into_iter().map(|e| e.id).collect();
+    let got: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, ids);
+    assert!(rows
+        .iter()
+        .all(|r| r.tokens > 0 && r.loss.is_finite() && r.loss > 0.0));
+    let tokens: usize = rows.iter().map(|r| r.tokens).sum();
+    assert_eq!(tokens as f64, eval.num("tokens"));
+    let (mean, reported) = (
+        per_example::token_weighted_mean(&rows),
+        eval.num("test_loss"),
+    );
+    assert!(
+        (mean - reported).abs() <= 1e-9 * reported,
+        "per-example mean {mean} vs test_loss {reported}"
+    );
+    let published = eval
+        .outcome
+        .outputs
+        .iter()
+        .find(|o| o.name == PER_EXAMPLE_FILE);
+    assert!(published.is_some_and(|o| o.publish));
+    rows
+}
+
 /// Real SmolLM2-135M on real stories: training on 32 stories (1 epoch, 4
 /// steps) lowers the test loss on 32 held-out stories below the base
 /// model's, and the adapter is written in PEFT's format.
@@ -160,6 +192,8 @@ fn training_on_real_stories_lowers_the_held_out_loss() {
 
     let base = eval(&test_data, "smollm2", 96, None, &resources);
     let tuned = eval(&test_data, "smollm2", 96, Some(&trained), &resources);
+    assert_eq!(check_per_example(&base, &test_data).len(), 32);
+    check_per_example(&tuned, &test_data);
     let (b, t) = (base.num("test_loss"), tuned.num("test_loss"));
     eprintln!("held-out test loss: base {b:.4} -> trained {t:.4}");
     assert!(t < b, "base {b} -> trained {t}");
@@ -217,10 +251,45 @@ fn hf_checkpoint_trains_and_evaluates(
     assert_eq!(config["target_modules"], serde_json::json!(targets));
     assert_eq!(config["fan_in_fan_out"], fan_in_fan_out);
 
-    let (b, t) = (
-        eval(&test_data, "tiny_gpt2", 32, None, &resources).num("test_loss"),
-        eval(&test_data, "tiny_gpt2", 32, Some(&trained), &resources).num("test_loss"),
+    let (base, tuned) = (
+        eval(&test_data, "tiny_gpt2", 32, None, &resources),
+        eval(&test_data, "tiny_gpt2", 32, Some(&trained), &resources),
     );
+    check_per_example(&base, &test_data);
+    check_per_example(&tuned, &test_data);
+    if let Some(weights) = ["model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| fixture.join(f).is_file())
+        .then(|| fixture.join("model.safetensors"))
+    {
+        // The mean is the trainer's own evaluation of the base model: the
+        // per-example losses only keep its token losses apart.
+        let loaded = flow_train::load(&weights, None, &flow_train::Device::Cpu).unwrap();
+        let seqs = crate::toolkit::training::encode_all(
+            &loaded.tokenizer,
+            &test_data.data(),
+            flow_train::data::Loss::Target,
+            32,
+        )
+        .unwrap();
+        let (sum, count) = flow_train::trainer::eval_sum(
+            loaded.model.as_ref(),
+            None,
+            &seqs,
+            8,
+            loaded.tokenizer.eos,
+            &flow_train::trainer::Quiet,
+        )
+        .unwrap();
+        let reference = sum / count as f64;
+        assert_eq!(count as f64, base.num("tokens"));
+        let got = base.num("test_loss");
+        assert!(
+            (got - reference).abs() <= 1e-5 * reference,
+            "eval_loss {got} vs trainer::eval_sum {reference}"
+        );
+    }
+    let (b, t) = (base.num("test_loss"), tuned.num("test_loss"));
     eprintln!("{fixture:?}: held-out loss: base {b:.4} -> trained {t:.4}");
     // A random tiny model sits near the uniform loss ln(96) = 4.56; a drop of
     // 0.005 is far above float noise (the run is deterministic).

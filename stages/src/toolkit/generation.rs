@@ -28,7 +28,7 @@ use flow_generate::{
 };
 use flow_models::Format;
 
-use crate::resources::generator_params;
+use crate::resources::{generator_params, GENERATORS};
 use crate::toolkit::cache_dirs;
 use crate::toolkit::models::resolve_model;
 use crate::toolkit::params::{self, table_str};
@@ -37,7 +37,7 @@ use crate::toolkit::seeds::item_hash;
 /// Parameters every generation stage takes.
 pub fn common_params() -> Vec<ParamSpec> {
     vec![
-        ParamSpec::generator(
+        crate::resources::generator_param(
             "generator",
             "the `[generators.*]` entry that writes the text",
         )
@@ -103,7 +103,7 @@ fn gen_err(e: GenError) -> StageError {
 pub fn threads(params: &Params, resources: &Resources) -> Threads {
     let local = params
         .str("generator")
-        .and_then(|name| resources.generators.get(name))
+        .and_then(|name| resources.get(GENERATORS, name))
         .is_none_or(|t| table_str(t, "backend").is_none_or(|b| b == "local"));
     if local {
         Threads::All
@@ -328,9 +328,13 @@ impl Gen {
     /// Opens the stage's generator and the shared journal.
     pub fn open(ctx: &mut Context<'_>, common: &Common) -> Result<Gen, StageError> {
         let name = common.generator.as_str();
-        let table = ctx.resources.generators.get(name).cloned().ok_or_else(|| {
-            StageError::invalid(format!("no `[generators.{name}]` entry in the manifest"))
-        })?;
+        let table = ctx
+            .resources
+            .get(GENERATORS, name)
+            .cloned()
+            .ok_or_else(|| {
+                StageError::invalid(format!("no `[generators.{name}]` entry in the manifest"))
+            })?;
         let entry = Entry::new(name, &table);
         let backend = open_backend(ctx, &entry)?;
         let journal_dir = cache_dirs::generation_journal(ctx.env);
@@ -584,13 +588,9 @@ mod tests {
             }
             t
         };
-        resources.generators.insert("implicit".into(), entry(None));
-        resources
-            .generators
-            .insert("local".into(), entry(Some("local")));
-        resources
-            .generators
-            .insert("remote".into(), entry(Some("openai")));
+        resources.insert(GENERATORS, "implicit", entry(None));
+        resources.insert(GENERATORS, "local", entry(Some("local")));
+        resources.insert(GENERATORS, "remote", entry(Some("openai")));
         let with = |name: &str| {
             Params::new(BTreeMap::from([(
                 "generator".to_string(),

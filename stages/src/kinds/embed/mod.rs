@@ -66,7 +66,7 @@ impl Stage for Embed {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::input("data", "stage whose examples are embedded").required(),
-            ParamSpec::model(
+            crate::resources::model_param(
                 "model",
                 "a `[models.*]` entry or known name of a BERT or MPNet sentence encoder",
             )

@@ -12,6 +12,14 @@
 //! reference lines: Fig. 2, 5-9, 12, 13), `histogram` (answer lengths of data
 //! stages: Fig. 3), `scatter` (`points.csv` of `tsne` stages: Fig. 4),
 //! `curves` (`loss_curve` of `train_lora` stages: Fig. 14).
+//!
+//! In `lines`, instances that differ only in their `seed` binding are one
+//! point at their mean, with its 95% interval as an error bar (a band for a
+//! reference line): Student t over the seeds, or with one seed a bootstrap
+//! over the test examples where `per_example.csv` is upstream (see
+//! `toolkit::replicates`). A footer under the panels says how many seeds and
+//! test examples (the `examples` metric) stand behind a point and what the
+//! bars are.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,8 +32,9 @@ use flow_plot::{Figure, Panel, PanelKind, Reference, RightAxis, Sample, Series};
 use serde_json::Value as Json;
 
 use crate::contracts::points::POINTS_FILE;
-use crate::contracts::{dataset, loss_curve, points};
+use crate::contracts::{dataset, loss_curve, per_example, points};
 use crate::toolkit::params::{count, flag, str_list, string};
+use crate::toolkit::replicates::{self, describe_methods, Method};
 
 pub const SVG_FILE: &str = "figure.svg";
 pub const PNG_FILE: &str = "figure.png";
@@ -45,14 +54,16 @@ impl Stage for Plot {
         // matching a left one takes its colour. 4: lines, not only their
         // markers, count in the corner choice; room is made above the data
         // when no corner is free. 5: legend samples drawn like their
-        // series (dashes, markers).
-        5
+        // series (dashes, markers). 6: lines average instances that differ
+        // only in `seed`, with 95% intervals as error bars (reference
+        // lines: bands) and a footer; figure.csv gains ci_low, ci_high.
+        6
     }
 
     fn about(&self) -> &'static str {
         "A figure (SVG, PNG) and its data (CSV) from gathered stage instances: one panel per \
-         task; lines over a binding with an optional right axis, length histograms, t-SNE \
-         scatter plots or training-loss curves"
+         task; lines over a binding with an optional right axis (seeds averaged, 95% intervals \
+         as error bars), length histograms, t-SNE scatter plots or training-loss curves"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
@@ -338,15 +349,118 @@ fn metric(up: &Upstream, name: &str, what: &str) -> Result<f64, StageError> {
 /// Per panel: series keys in order, and each series' values.
 type Grouped<T> = BTreeMap<String, (Ordered, BTreeMap<usize, Vec<T>>)>;
 
-/// A panel's points before they become series.
+/// One gathered instance's value, before replicates are averaged.
+struct Raw<'a> {
+    x: f64,
+    v: f64,
+    up: &'a Upstream,
+}
+
+/// A panel's values before they become series.
 #[derive(Default)]
-struct PanelData {
-    left: BTreeMap<usize, Vec<(f64, f64)>>,
+struct PanelData<'a> {
+    left: BTreeMap<usize, Vec<Raw<'a>>>,
     left_keys: Ordered,
-    right: BTreeMap<usize, Vec<(f64, f64)>>,
+    right: BTreeMap<usize, Vec<Raw<'a>>>,
     right_keys: Ordered,
     x_values: Ordered,
-    references: Vec<Reference>,
+    references: Vec<(String, Vec<Raw<'a>>)>,
+}
+
+/// What the drawn means stand on, for the footer.
+#[derive(Default)]
+struct Evidence {
+    /// Replicates (seeds) behind each point or reference.
+    seeds: Vec<usize>,
+    methods: Vec<Method>,
+    /// The `examples` metric of the instances that report one.
+    examples: Vec<u64>,
+    any_seed: bool,
+    banded: bool,
+}
+
+impl Evidence {
+    /// "3 seeds per point, 64 test examples; bars: 95% CI (Student t over
+    /// seeds)"; empty where nothing has a seed or an interval.
+    fn footer(&self) -> String {
+        let ci = describe_methods(self.methods.iter().copied());
+        if !self.any_seed && ci.is_none() {
+            return String::new();
+        }
+        let range = |v: &[u64]| {
+            let lo = v.iter().min().copied().unwrap_or(0);
+            let hi = v.iter().max().copied().unwrap_or(0);
+            (if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }, hi)
+        };
+        let seeds: Vec<u64> = self.seeds.iter().map(|&n| n as u64).collect();
+        let (n, most) = range(&seeds);
+        let mut parts = vec![format!(
+            "{n} seed{} per point",
+            if most == 1 { "" } else { "s" }
+        )];
+        if !self.examples.is_empty() {
+            parts[0].push_str(&format!(", {} test examples", range(&self.examples).0));
+        }
+        match ci {
+            Some(ci) => {
+                let drawn = if self.banded { "bars and bands" } else { "bars" };
+                parts.push(format!("{drawn}: {ci}"));
+            }
+            None => parts.push("no intervals".into()),
+        }
+        parts.join("; ")
+    }
+}
+
+/// A drawn point: x, the mean y, and its interval.
+type Point = (f64, f64, Option<(f64, f64)>);
+
+/// The points of one series (or a reference): instances that differ only in
+/// `seed` become one point at their mean, with its interval (see
+/// `toolkit::replicates`); `by_seed` false keeps every instance a point.
+fn average<'a>(
+    raws: Vec<Raw<'a>>,
+    metric: &str,
+    by_seed: bool,
+    evidence: &mut Evidence,
+) -> Result<Vec<Point>, StageError> {
+    // (group name, replicates); without `by_seed`, one instance a group.
+    let mut groups: Vec<(String, Vec<Raw<'a>>)> = Vec::new();
+    for raw in raws {
+        if !by_seed {
+            groups.push((raw.up.instance.clone(), vec![raw]));
+            continue;
+        }
+        let name = replicates::group_name(raw.up);
+        match groups.iter_mut().find(|g| g.0 == name) {
+            Some(g) => g.1.push(raw),
+            None => groups.push((name, vec![raw])),
+        }
+    }
+    let wants_examples = metric == per_example::METRIC || metric == per_example::EXP_METRIC;
+    let mut out = Vec::with_capacity(groups.len());
+    for (name, members) in groups {
+        let values: Vec<f64> = members.iter().map(|r| r.v).collect();
+        let examples = match &members[..] {
+            [only] if wants_examples => per_example::read_upstream(only.up)?,
+            _ => None,
+        };
+        let e = replicates::estimate(&name, metric, &values, examples.as_deref());
+        evidence.seeds.push(e.n);
+        evidence.methods.push(e.method);
+        for r in &members {
+            evidence.any_seed |= replicates::has_seed(r.up);
+            if let Some(n) = r.up.metrics.get("examples").and_then(Json::as_u64) {
+                evidence.examples.push(n);
+            }
+        }
+        out.push((members[0].x, e.mean, e.ci));
+    }
+    Ok(out)
 }
 
 fn lines(
@@ -357,6 +471,12 @@ fn lines(
 ) -> Result<Figure, StageError> {
     let mut panels: BTreeMap<String, PanelData> = BTreeMap::new();
     let categorical = !o.x_ticks.is_empty();
+    // Seeds are averaged unless they are what the figure is drawn over.
+    let by_seed = !o
+        .x
+        .iter()
+        .chain(&o.series)
+        .any(|b| b == replicates::SEED);
     let x_of = |up: &Upstream, panel: &mut PanelData| -> Result<f64, StageError> {
         let (name, v) =
             o.x.iter()
@@ -390,14 +510,14 @@ fn lines(
         let x = x_of(up, panel)?;
         let v = metric(up, &o.y_metric, "y")?;
         let i = panel.left_keys.index(&o.series_key(up, stage_of(up)));
-        panel.left.entry(i).or_default().push((x, v));
+        panel.left.entry(i).or_default().push(Raw { x, v, up });
     }
     for up in y2 {
         let panel = panels.entry(panel_key(up)).or_default();
         let x = x_of(up, panel)?;
         let v = metric(up, &o.y2_metric, "y2")?;
         let i = panel.right_keys.index(&o.series_key(up, stage_of(up)));
-        panel.right.entry(i).or_default().push((x, v));
+        panel.right.entry(i).or_default().push(Raw { x, v, up });
     }
     for up in reference {
         let panel = panels.entry(panel_key(up)).or_default();
@@ -408,7 +528,11 @@ fn lines(
         } else {
             format!("{} ({key})", o.reference_label)
         };
-        panel.references.push(Reference { label, y: v });
+        let raw = Raw { x: 0.0, v, up };
+        match panel.references.iter_mut().find(|r| r.0 == label) {
+            Some(r) => r.1.push(raw),
+            None => panel.references.push((label, vec![raw])),
+        }
     }
     if categorical {
         if let Some((name, p)) = panels
@@ -438,28 +562,38 @@ fn lines(
     let x_label = o.x_label.clone().unwrap_or_else(|| o.x.join(" / "));
     let mut keys: Vec<String> = panels.keys().cloned().collect();
     panel_order(&mut keys);
+    let mut evidence = Evidence::default();
     let mut out = Vec::new();
     for key in keys {
         let mut p = panels.remove(&key).unwrap_or_default();
-        let to_series =
-            |map: BTreeMap<usize, Vec<(f64, f64)>>, keys: &Ordered, names: &[String]| {
-                map.into_iter()
-                    .map(|(i, mut points)| {
-                        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                        Series {
-                            label: keys.name(i, names),
-                            points,
-                        }
+        let mut to_series = |map: BTreeMap<usize, Vec<Raw>>,
+                             keys: &Ordered,
+                             metric: &str|
+         -> Result<Vec<Series>, StageError> {
+            map.into_iter()
+                .map(|(i, raws)| {
+                    let mut points = average(raws, metric, by_seed, &mut evidence)?;
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let intervals = if points.iter().any(|p| p.2.is_some()) {
+                        points.iter().map(|p| p.2).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Series {
+                        label: keys.name(i, &o.series_names),
+                        points: points.iter().map(|p| (p.0, p.1)).collect(),
+                        intervals,
                     })
-                    .collect::<Vec<_>>()
-            };
-        let left = to_series(std::mem::take(&mut p.left), &p.left_keys, &o.series_names);
+                })
+                .collect()
+        };
+        let left = to_series(std::mem::take(&mut p.left), &p.left_keys, &o.y_metric)?;
         if left.is_empty() {
             return Err(StageError::invalid(format!(
                 "panel `{key}` has right-axis or reference values but nothing from `y`"
             )));
         }
-        let mut right = to_series(std::mem::take(&mut p.right), &p.right_keys, &o.series_names);
+        let mut right = to_series(std::mem::take(&mut p.right), &p.right_keys, &o.y2_metric)?;
         if o.y2_normalize {
             let max = right
                 .iter()
@@ -469,6 +603,10 @@ fn lines(
                 for s in &mut right {
                     for pt in &mut s.points {
                         pt.1 /= max;
+                    }
+                    for (lo, hi) in s.intervals.iter_mut().flatten() {
+                        *lo /= max;
+                        *hi /= max;
                     }
                 }
             }
@@ -486,6 +624,17 @@ fn lines(
         if left.len() == 1 && !left[0].label.contains('=') {
             left[0].label = y_label.clone();
         }
+        let mut references = Vec::new();
+        for (label, raws) in std::mem::take(&mut p.references) {
+            for (_, y, interval) in average(raws, &o.y_metric, by_seed, &mut evidence)? {
+                evidence.banded |= interval.is_some();
+                references.push(Reference {
+                    label: label.clone(),
+                    y,
+                    interval,
+                });
+            }
+        }
         out.push(Panel {
             title: panel_title(&key),
             x_label: x_label.clone(),
@@ -497,13 +646,14 @@ fn lines(
                     label: y2_label.clone(),
                     series: right,
                 }),
-                references: p.references,
+                references,
             },
         });
     }
     Ok(Figure {
         title: o.title.clone(),
         panels: out,
+        footer: evidence.footer(),
     })
 }
 
@@ -556,6 +706,7 @@ fn histogram(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
     Ok(Figure {
         title: o.title.clone(),
         panels,
+        footer: String::new(),
     })
 }
 
@@ -581,10 +732,7 @@ fn scatter(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
             kind: PanelKind::Scatter {
                 series: by_series
                     .into_iter()
-                    .map(|(i, points)| Series {
-                        label: names.name(i, &o.series_names),
-                        points,
-                    })
+                    .map(|(i, points)| Series::new(names.name(i, &o.series_names), points))
                     .collect(),
             },
         });
@@ -592,6 +740,7 @@ fn scatter(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
     Ok(Figure {
         title: o.title.clone(),
         panels,
+        footer: String::new(),
     })
 }
 
@@ -616,10 +765,7 @@ fn curves(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
                 kind: PanelKind::Lines {
                     series: series
                         .into_iter()
-                        .map(|(i, points)| Series {
-                            label: names.name(i, &o.series_names),
-                            points,
-                        })
+                        .map(|(i, points)| Series::new(names.name(i, &o.series_names), points))
                         .collect(),
                     x_ticks: None,
                     right: None,
@@ -631,6 +777,7 @@ fn curves(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
     Ok(Figure {
         title: o.title.clone(),
         panels,
+        footer: String::new(),
     })
 }
 
@@ -644,10 +791,11 @@ fn series_count(p: &Panel) -> usize {
     }
 }
 
-/// `panel,series,axis,x,y`: every point drawn (histograms: bin start and
-/// density, after the raw values are binned the same way as in the figure).
+/// `panel,series,axis,x,y,ci_low,ci_high`: every point drawn (histograms:
+/// bin start and density, after the raw values are binned the same way as
+/// in the figure), with its 95% interval where it has one (lines).
 fn figure_csv(fig: &Figure) -> String {
-    let mut out = String::from("panel,series,axis,x,y\n");
+    let mut out = String::from("panel,series,axis,x,y,ci_low,ci_high\n");
     let q = |s: &str| {
         if s.contains([',', '"', '\n']) {
             format!("\"{}\"", s.replace('"', "\"\""))
@@ -655,10 +803,24 @@ fn figure_csv(fig: &Figure) -> String {
             s.to_string()
         }
     };
-    // References have no x: the cell stays empty.
-    let mut put = |panel: &str, series: &str, axis: &str, x: Option<f64>, y: f64| {
+    // References have no x, points without an interval no bounds: those
+    // cells stay empty.
+    let mut put = |panel: &str,
+                   series: &str,
+                   axis: &str,
+                   x: Option<f64>,
+                   y: f64,
+                   ci: Option<(f64, f64)>| {
         let x = x.map(|x| x.to_string()).unwrap_or_default();
-        let _ = writeln!(out, "{},{},{axis},{x},{y}", q(panel), q(series));
+        let (lo, hi) = ci.map_or((String::new(), String::new()), |(lo, hi)| {
+            (lo.to_string(), hi.to_string())
+        });
+        let _ = writeln!(
+            out,
+            "{},{},{axis},{x},{y},{lo},{hi}",
+            q(panel),
+            q(series)
+        );
     };
     for p in &fig.panels {
         match &p.kind {
@@ -669,17 +831,17 @@ fn figure_csv(fig: &Figure) -> String {
                 ..
             } => {
                 for s in series {
-                    for &(x, y) in &s.points {
-                        put(&p.title, &s.label, "left", Some(x), y);
+                    for (i, &(x, y)) in s.points.iter().enumerate() {
+                        put(&p.title, &s.label, "left", Some(x), y, s.interval(i));
                     }
                 }
                 for s in right.iter().flat_map(|r| &r.series) {
-                    for &(x, y) in &s.points {
-                        put(&p.title, &s.label, "right", Some(x), y);
+                    for (i, &(x, y)) in s.points.iter().enumerate() {
+                        put(&p.title, &s.label, "right", Some(x), y, s.interval(i));
                     }
                 }
                 for r in references {
-                    put(&p.title, &r.label, "reference", None, r.y);
+                    put(&p.title, &r.label, "reference", None, r.y, r.interval);
                 }
             }
             PanelKind::Histogram { samples, bins } => {
@@ -687,14 +849,14 @@ fn figure_csv(fig: &Figure) -> String {
                     flow_plot::bin_edges(samples.iter().map(|s| s.values.as_slice()), *bins);
                 for s in samples {
                     for (i, d) in flow_plot::density(&s.values, &edges).iter().enumerate() {
-                        put(&p.title, &s.label, "density", Some(edges[i]), *d);
+                        put(&p.title, &s.label, "density", Some(edges[i]), *d, None);
                     }
                 }
             }
             PanelKind::Scatter { series } => {
                 for s in series {
                     for &(x, y) in &s.points {
-                        put(&p.title, &s.label, "point", Some(x), y);
+                        put(&p.title, &s.label, "point", Some(x), y, None);
                     }
                 }
             }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::{Plot, CSV_FILE, PNG_FILE, SVG_FILE};
 use crate::contracts::dataset::Task;
+use crate::contracts::per_example::{self, ExampleLoss, PER_EXAMPLE_FILE};
 use crate::contracts::points::POINTS_FILE;
 use crate::testutil::{data_upstream, example, inputs, params, run, Ran};
 
@@ -335,4 +336,157 @@ fn scatter_reads_points_and_curves_read_loss_curves() {
         .unwrap()
         .to_string();
     assert!(e.contains("no `loss_curve`"), "{e}");
+}
+
+/// Loss at three ratios over three seeds (values `base + ratio + offset` for
+/// offsets -0.1, 0, 0.1), 64 test examples each; a reference over the same
+/// seeds. By hand: each point's mean is `base + ratio`, its sd 0.1, and its
+/// interval `mean -+ 4.302652729911275 * 0.1 / sqrt(3)` (t(0.975, 2), from
+/// tables).
+#[test]
+fn seeds_average_into_points_with_t_intervals_and_a_footer() {
+    let mut ins = Vec::new();
+    for (s, offset) in [(1, -0.1), (2, 0.0), (3, 0.1)] {
+        for ratio in [0.0, 0.5, 1.0] {
+            ins.push((
+                "y",
+                up(
+                    "ev",
+                    "story",
+                    &[("ratio", Value::Float(ratio)), ("seed", Value::Int(s))],
+                    json!({"test_loss": 3.0 + ratio + offset, "examples": 64}),
+                ),
+            ));
+        }
+        ins.push((
+            "reference",
+            up(
+                "real",
+                "story",
+                &[("seed", Value::Int(s))],
+                json!({"test_loss": 2.5 + offset, "examples": 64}),
+            ),
+        ));
+    }
+    let ran = plot(ins, &[("x", Value::from(vec!["ratio"]))]).unwrap();
+    // To look at it: FLOW_PLOT_KEEP=/some/dir cargo test -p flow-stages seeds_average
+    if let Some(keep) = std::env::var_os("FLOW_PLOT_KEEP") {
+        for f in [SVG_FILE, PNG_FILE] {
+            std::fs::copy(ran.file(f), std::path::Path::new(&keep).join(format!("seeds-{f}")))
+                .unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(ran.file(CSV_FILE)).unwrap();
+    assert!(text.starts_with("panel,series,axis,x,y,ci_low,ci_high\n"));
+    let rows = csv_rows(&ran);
+    let half = 4.302_652_729_911_275 * 0.1 / 3f64.sqrt();
+    let num = |s: &str| s.parse::<f64>().unwrap();
+    let left: Vec<&Vec<String>> = rows.iter().filter(|r| r[2] == "left").collect();
+    assert_eq!(left.len(), 3, "one point per ratio: {rows:?}");
+    for (r, ratio) in left.iter().zip([0.0, 0.5, 1.0]) {
+        let mean = 3.0 + ratio;
+        assert_eq!(num(&r[3]), ratio);
+        assert!((num(&r[4]) - mean).abs() < 1e-12, "{r:?}");
+        assert!((num(&r[5]) - (mean - half)).abs() < 1e-9, "{r:?}");
+        assert!((num(&r[6]) - (mean + half)).abs() < 1e-9, "{r:?}");
+    }
+    let reference: Vec<&Vec<String>> = rows.iter().filter(|r| r[2] == "reference").collect();
+    assert_eq!(reference.len(), 1);
+    assert!((num(&reference[0][4]) - 2.5).abs() < 1e-12);
+    assert!((num(&reference[0][5]) - (2.5 - half)).abs() < 1e-9);
+
+    let svg = std::fs::read_to_string(ran.file(SVG_FILE)).unwrap();
+    assert!(
+        svg.contains(
+            "3 seeds per point, 64 test examples; bars and bands: 95% CI (Student t over seeds)"
+        ),
+        "no footer"
+    );
+    // Three error bars (stem and two caps each) in the series' colour.
+    let bars = svg
+        .lines()
+        .filter(|l| l.trim_start().starts_with("<line") && l.contains("#0072B2"))
+        .count();
+    assert_eq!(bars, 9);
+    assert!(std::fs::metadata(ran.file(PNG_FILE)).unwrap().len() > 10_000);
+}
+
+/// One seed with each instance's `per_example.csv` upstream: the interval is
+/// a bootstrap over its test examples, and the footer says so; an instance
+/// without the file gets no interval.
+#[test]
+fn one_seed_bootstraps_the_test_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ins = Vec::new();
+    for (k, ratio) in [0.0, 0.5, 1.0].into_iter().enumerate() {
+        let rows: Vec<ExampleLoss> = (0..30)
+            .map(|i| ExampleLoss {
+                id: format!("s{i}"),
+                loss: 3.0 + ratio + ((i * 7 + k) % 11) as f64 * 0.1,
+                tokens: 2 + i % 4,
+            })
+            .collect();
+        let mean = per_example::token_weighted_mean(&rows);
+        let mut u = up(
+            "ev",
+            "story",
+            &[("ratio", Value::Float(ratio))],
+            json!({"test_loss": mean, "examples": 30}),
+        );
+        if ratio < 1.0 {
+            let path = dir.path().join(format!("{k}.csv"));
+            per_example::write(&path, &rows).unwrap();
+            u.files.insert(PER_EXAMPLE_FILE.into(), path);
+        }
+        ins.push(("y", u));
+    }
+    let run_plot = |ins: Vec<(&str, Upstream)>| {
+        plot(ins, &[("x", Value::from(vec!["ratio"]))]).unwrap()
+    };
+    let ran = run_plot(ins.clone());
+    let rows = csv_rows(&ran);
+    for r in &rows[..2] {
+        let (y, lo, hi): (f64, f64, f64) =
+            (r[4].parse().unwrap(), r[5].parse().unwrap(), r[6].parse().unwrap());
+        assert!(lo < y && y < hi && hi - lo < 0.5, "{r:?}");
+    }
+    assert_eq!((rows[2][5].as_str(), rows[2][6].as_str()), ("", ""));
+    let svg = std::fs::read_to_string(ran.file(SVG_FILE)).unwrap();
+    assert!(
+        svg.contains(
+            "1 seed per point, 30 test examples; bars: 95% CI (bootstrap over test examples, \
+             4000 resamples)"
+        ),
+        "footer"
+    );
+    // Seeded: the same figure data again.
+    let again = run_plot(ins);
+    assert_eq!(
+        std::fs::read_to_string(again.file(CSV_FILE)).unwrap(),
+        std::fs::read_to_string(ran.file(CSV_FILE)).unwrap()
+    );
+}
+
+#[test]
+fn without_seeds_or_examples_there_is_no_interval_and_no_footer() {
+    let ins = [0.0, 1.0]
+        .into_iter()
+        .map(|r| {
+            (
+                "y",
+                up(
+                    "ev",
+                    "qa",
+                    &[("ratio", Value::Float(r))],
+                    json!({"test_loss": 1.0 + r}),
+                ),
+            )
+        })
+        .collect();
+    let ran = plot(ins, &[("x", Value::from(vec!["ratio"]))]).unwrap();
+    for r in csv_rows(&ran) {
+        assert_eq!((r[5].as_str(), r[6].as_str()), ("", ""), "{r:?}");
+    }
+    let svg = std::fs::read_to_string(ran.file(SVG_FILE)).unwrap();
+    assert!(!svg.contains("95% CI"));
 }

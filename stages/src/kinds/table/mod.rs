@@ -5,6 +5,17 @@
 //! `<metric>_norm` column per `normalize` entry: the value divided by the
 //! largest value of its comparison group (rows with equal `group_by`
 //! columns), as the paper normalizes diversity within one figure panel.
+//!
+//! Beside it, `summary.csv` and `summary.json`: the rows grouped by their
+//! stage and every binding but `seed` (replicates of one condition, see
+//! [`replicates`]), one row a group. Columns: `group` (the instances' name
+//! without `seed`), the bindings but `seed`, `n` (rows, i.e. seeds, in the
+//! group), `method` (`student_t`, `bootstrap` or `single`), `level` (0.95),
+//! then per numeric column of `table.csv` past the bindings `<metric>_mean`,
+//! `<metric>_sd` (over seeds; empty with one), `<metric>_ci_low` and
+//! `<metric>_ci_high` (empty where there is no interval). With one seed,
+//! `test_loss` and `perplexity` get a bootstrap interval over the test
+//! examples where the instance's `per_example.csv` is upstream.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,11 +23,15 @@ use std::io::Write;
 use flow_engine::{Context, Outcome, ParamSpec, ParamType, Params, Stage, StageError, Upstream};
 use serde_json::{Map, Value as Json};
 
+use crate::contracts::per_example;
 use crate::toolkit::params::str_list;
+use crate::toolkit::replicates::{self, Method};
 use crate::toolkit::text::csv_field;
 
 pub const CSV_FILE: &str = "table.csv";
 pub const JSON_FILE: &str = "table.json";
+pub const SUMMARY_CSV_FILE: &str = "summary.csv";
+pub const SUMMARY_JSON_FILE: &str = "summary.json";
 
 pub struct Table;
 
@@ -41,12 +56,14 @@ impl Stage for Table {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: summary.csv and summary.json (means and 95% intervals over seeds).
+        2
     }
 
     fn about(&self) -> &'static str {
         "A table of gathered stage instances: their fan-out bindings and scalar metrics, with \
-         metrics normalized by the maximum of their comparison group (table.csv, table.json)"
+         metrics normalized by the maximum of their comparison group (table.csv, table.json); \
+         and their means over seeds with 95% intervals (summary.csv, summary.json)"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
@@ -87,16 +104,31 @@ impl Stage for Table {
         let json = serde_json::to_string_pretty(&table.to_json())
             .map_err(|e| StageError::Other(format!("encode table: {e}")))?;
         write_file(&json_path, (json + "\n").as_bytes())?;
+
+        let summary = summarize(&table, rows)?;
+        let summary_csv = ctx.out_path(SUMMARY_CSV_FILE);
+        let summary_json = ctx.out_path(SUMMARY_JSON_FILE);
+        write_file(&summary_csv, summary.to_csv().as_bytes())?;
+        let mut doc = summary.to_json();
+        doc["level"] = serde_json::json!(flow_stats::LEVEL);
+        doc["resamples"] = serde_json::json!(flow_stats::RESAMPLES);
+        let json = serde_json::to_string_pretty(&doc)
+            .map_err(|e| StageError::Other(format!("encode summary: {e}")))?;
+        write_file(&summary_json, (json + "\n").as_bytes())?;
         ctx.log(format!(
-            "{} rows x {} columns",
+            "{} rows x {} columns; {} groups",
             table.rows.len(),
-            table.columns.len()
+            table.columns.len(),
+            summary.rows.len()
         ));
         Ok(Outcome::default()
             .published(CSV_FILE, csv_path)
             .published(JSON_FILE, json_path)
+            .published(SUMMARY_CSV_FILE, summary_csv)
+            .published(SUMMARY_JSON_FILE, summary_json)
             .metric("rows", table.rows.len() as u64)
-            .metric("columns", table.columns.len() as u64))
+            .metric("columns", table.columns.len() as u64)
+            .metric("groups", summary.rows.len() as u64))
     }
 }
 
@@ -104,6 +136,9 @@ impl Stage for Table {
 pub struct Grid {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Json>>,
+    /// How many columns, from the first, name a row (`instance` and the
+    /// bindings) rather than measure it.
+    pub keys: usize,
 }
 
 fn build(upstreams: &[Upstream]) -> Grid {
@@ -151,7 +186,94 @@ fn build(upstreams: &[Upstream]) -> Grid {
                 .collect()
         })
         .collect();
-    Grid { columns, rows }
+    Grid {
+        columns,
+        rows,
+        keys: fixed,
+    }
+}
+
+/// The summary of `table`, whose rows are `upstreams` in order: one row per
+/// group of replicates (see the module documentation).
+fn summarize(table: &Grid, upstreams: &[Upstream]) -> Result<Grid, StageError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, up) in upstreams.iter().enumerate() {
+        let name = replicates::group_name(up);
+        if !members.contains_key(&name) {
+            order.push(name.clone());
+        }
+        members.entry(name).or_default().push(i);
+    }
+    let bindings: Vec<usize> = (1..table.keys)
+        .filter(|&i| table.columns[i] != replicates::SEED)
+        .collect();
+    let metrics: Vec<usize> = (table.keys..table.columns.len())
+        .filter(|&i| table.rows.iter().any(|r| r[i].is_number()))
+        .collect();
+    // Our own columns give way to a binding of the same name.
+    let own = |name: &str| {
+        if bindings.iter().any(|&b| table.columns[b] == name) {
+            format!("summary.{name}")
+        } else {
+            name.to_string()
+        }
+    };
+    let mut columns = vec![own("group")];
+    columns.extend(bindings.iter().map(|&b| table.columns[b].clone()));
+    columns.extend([own("n"), own("method"), own("level")]);
+    for &m in &metrics {
+        let name = &table.columns[m];
+        for stat in ["mean", "sd", "ci_low", "ci_high"] {
+            columns.push(format!("{name}_{stat}"));
+        }
+    }
+    let number = |v: f64| serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number);
+    let mut rows = Vec::with_capacity(order.len());
+    for name in order {
+        let idx = &members[&name];
+        let first = &table.rows[idx[0]];
+        // One replicate: its test examples, where they are upstream.
+        let examples = match idx[..] {
+            [only] => per_example::read_upstream(&upstreams[only])?,
+            _ => None,
+        };
+        let mut row = vec![Json::String(name.clone())];
+        row.extend(bindings.iter().map(|&b| first[b].clone()));
+        let mut cells = Vec::with_capacity(metrics.len() * 4);
+        let mut method = Method::Single;
+        for &m in &metrics {
+            let values: Vec<f64> = idx
+                .iter()
+                .filter_map(|&r| table.rows[r][m].as_f64())
+                .filter(|v| v.is_finite())
+                .collect();
+            if values.is_empty() {
+                cells.extend([Json::Null, Json::Null, Json::Null, Json::Null]);
+                continue;
+            }
+            let e = replicates::estimate(&name, &table.columns[m], &values, examples.as_deref());
+            method = match (method, e.method) {
+                (Method::StudentT, _) | (_, Method::StudentT) => Method::StudentT,
+                (Method::Bootstrap, _) | (_, Method::Bootstrap) => Method::Bootstrap,
+                _ => Method::Single,
+            };
+            cells.push(number(e.mean));
+            cells.push(e.sd.map_or(Json::Null, number));
+            cells.push(e.ci.map_or(Json::Null, |c| number(c.0)));
+            cells.push(e.ci.map_or(Json::Null, |c| number(c.1)));
+        }
+        row.push(Json::from(idx.len()));
+        row.push(Json::from(method.as_str()));
+        row.push(number(flow_stats::LEVEL));
+        row.extend(cells);
+        rows.push(row);
+    }
+    Ok(Grid {
+        columns,
+        rows,
+        keys: 1 + bindings.len(),
+    })
 }
 
 fn is_scalar(value: &Json) -> bool {

@@ -78,6 +78,10 @@ impl Stage for TrainLora {
     fn version(&self) -> u32 {
         1
     }
+    /// LoRA initialization and data order come from the seed: replicates train again.
+    fn replicable(&self) -> bool {
+        true
+    }
 
     fn about(&self) -> &'static str {
         "Fine-tune a local model with LoRA on a dataset (loss on the targets); writes a PEFT \
@@ -87,7 +91,8 @@ impl Stage for TrainLora {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::input("data", "stage with the training examples").required(),
-            ParamSpec::model("model", "the base model (a `[models.*]` entry)").required(),
+            crate::resources::model_param("model", "the base model (a `[models.*]` entry)")
+                .required(),
             ParamSpec::table(
                 "lora",
                 lora_fields(),
