@@ -46,7 +46,7 @@ fn fig5_tiny_reproduces_and_a_second_run_executes_nothing() {
     let data = require_data!();
     let p = Project::new(&data);
     p.write_manifest(FIG5);
-    copy_dir(
+    common::copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/common"),
         &p.root.join("common"),
     );
@@ -112,16 +112,4 @@ fn fig5_tiny_reproduces_and_a_second_run_executes_nothing() {
         "a second run executed {:?}",
         second.ran_names
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("create the folder");
-    for entry in std::fs::read_dir(from).expect("read the folder").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("copy a file");
-        }
-    }
 }

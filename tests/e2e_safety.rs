@@ -280,6 +280,16 @@ fn a_corrupt_object_behind_a_published_file_is_not_fresh() {
     p.verify_cache();
 }
 
+/// Dates `path` back (or forward) to `when`, keeping its content.
+fn set_mtime(path: &Path, when: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 fn flip_a_byte_keeping_size_and_mtime(path: &Path) {
     let meta = std::fs::metadata(path).unwrap();
     let mtime = meta.modified().unwrap();
@@ -292,12 +302,7 @@ fn flip_a_byte_keeping_size_and_mtime(path: &Path) {
     bytes[mid] ^= 0x01;
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(path, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(path, mtime);
 }
 
 /// Item 5: an external data file edited in place, keeping size and mtime, is stale at once
@@ -311,12 +316,7 @@ fn data_edited_in_place_keeping_size_and_mtime_is_stale() {
     let stories = mirror.path().join("rocstories/stories.jsonl");
     // Old enough that its hash is memoized.
     let old = SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&stories)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_mtime(&stories, old);
     p.run_ok(&[]);
     assert!(p.status().iter().all(|r| r.state == "fresh"));
     // Swap two letters of a story: same size, same mtime.
@@ -325,12 +325,7 @@ fn data_edited_in_place_keeping_size_and_mtime_is_stale() {
     assert_ne!(edited, text, "the first story changed in the data");
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&stories, edited).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&stories)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_mtime(&stories, old);
     let rows = p.status();
     let real = rows.iter().find(|r| r.stage == "real").unwrap();
     assert_eq!(real.state, "stale", "{rows:?}");

@@ -10,7 +10,7 @@
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Rng;
@@ -44,29 +44,13 @@ const TOKENS: &[&str] = &[
     "include = 3\n",
 ];
 
-/// Every .toml of `dir` (not recursive), sorted.
-fn tomls(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    out.sort();
-    out
-}
-
 /// A copy of manifests/ (the manifests and common/) in a temporary folder.
 fn copy_manifests() -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["", "common"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        for path in tomls(&src.join(sub)) {
-            let to = dir.path().join(sub).join(path.file_name().unwrap());
-            std::fs::copy(&path, to).unwrap();
-        }
-    }
+    common::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests"),
+        dir.path(),
+    );
     dir
 }
 
@@ -83,19 +67,8 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                 let end = (at + rng.below(48) as usize).min(bytes.len());
                 bytes.drain(at..end);
             }
-            2 => {
-                // Duplicate a line (a stage or a profile line defined twice).
-                let start = bytes[..at]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                let end = bytes[at..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |p| at + p + 1);
-                let line = bytes[start..end].to_vec();
-                bytes.splice(end..end, line);
-            }
+            // A stage or a profile line defined twice.
+            2 => common::duplicate_line(&mut bytes, at),
             3 => {
                 // An `include` goes above the first section to take effect.
                 let token = TOKENS[rng.below(TOKENS.len() as u64) as usize];
@@ -142,20 +115,13 @@ fn exercise(registry: &Registry, root: &Path, manifest: &Path) -> bool {
 
 #[test]
 fn mutated_included_files_never_panic_and_errors_point_into_them() {
-    let budget = std::env::var("FLOW_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let seed = std::env::var("FLOW_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x1c1_0de5);
+    let (budget, seed) = common::fuzz_budget_and_seed(3.0, 0x1c1_0de5);
     let mut registry = Registry::new();
     flow_stages::register_all(&mut registry);
     let dir = copy_manifests();
     let root = dir.path();
-    let manifests = tomls(root);
-    let common = tomls(&root.join("common"));
+    let manifests = common::toml_files(root);
+    let common = common::toml_files(&root.join("common"));
     assert!(
         !common.is_empty(),
         "manifests/common holds the shared stages"

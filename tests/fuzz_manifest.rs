@@ -59,19 +59,13 @@ const TOKENS: &[&str] = &[
 ];
 
 fn shipped() -> Vec<(PathBuf, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    common::shipped_manifests()
+        .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
             (p, text)
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
@@ -95,19 +89,7 @@ fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
                 let token = TOKENS[rng.below(TOKENS.len() as u64) as usize];
                 bytes.splice(at..at, token.bytes());
             }
-            4 => {
-                // Duplicate a line (duplicate keys, tables, stages).
-                let start = bytes[..at]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                let end = bytes[at..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |p| at + p + 1);
-                let line = bytes[start..end].to_vec();
-                bytes.splice(end..end, line);
-            }
+            4 => common::duplicate_line(&mut bytes, at),
             _ => {
                 // Replace a number-looking run with a hostile number.
                 let token = TOKENS[rng.below(9) as usize];
@@ -152,14 +134,7 @@ fn exercise(registry: &Registry, path: &Path, bytes: &[u8]) -> bool {
 
 #[test]
 fn mutated_manifests_never_panic() {
-    let budget = std::env::var("FLOW_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8.0);
-    let seed = std::env::var("FLOW_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_f10a);
+    let (budget, seed) = common::fuzz_budget_and_seed(8.0, 0x5eed_f10a);
     let mut registry = Registry::new();
     flow_stages::register_all(&mut registry);
     let corpus = shipped();

@@ -11,22 +11,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flow_cache::{hash_bytes, Cache, KeyFields, OutputRef, Record};
 use flow_engine::{plan, Env, Manifest, Registry, Session};
-
-fn shipped() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    out.sort();
-    out
-}
 
 fn stand_in(key: &str, name: &str) -> Record {
     let out = hash_bytes(format!("{key}/out").as_bytes());
@@ -61,7 +49,7 @@ fn list_keys(data: &Path) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let cache = Cache::open(&scratch.path().join("cache")).unwrap();
     let mut out = String::new();
-    for path in shipped() {
+    for path in common::shipped_manifests() {
         let manifest = Manifest::load(&path, &registry).unwrap();
         let mut profiles: Vec<Option<String>> = vec![None];
         profiles.extend(manifest.profiles.keys().cloned().map(Some));

@@ -223,6 +223,19 @@ pub(crate) mod test_util {
         let cache = Cache::open(&dir.path().join("cache")).expect("open cache");
         (dir, cache)
     }
+
+    /// Writes `bytes` to `path` and dates it `age_s` seconds in the past (a settled file,
+    /// whose hash the stat cache memoizes).
+    pub fn write_dated(path: &Path, bytes: &[u8], age_s: u64) {
+        fs::write(path, bytes).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
 }
 
 #[cfg(test)]
@@ -294,14 +307,7 @@ mod tests {
 
         let c = Cache::open(&dir.path().join("c")).unwrap();
         let f = dir.path().join("data");
-        fs::write(&f, b"data").unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        fs::File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        test_util::write_dated(&f, b"data", 60);
         let ro = Cache::open_read_only(c.root()).unwrap();
         ro.hash_file(&f).unwrap();
         ro.flush().unwrap();
@@ -314,14 +320,7 @@ mod tests {
     fn flush_beside_gc_neither_fails() {
         let (d, c) = test_util::cache();
         let f = d.path().join("data");
-        fs::write(&f, b"data").unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        fs::File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        test_util::write_dated(&f, b"data", 60);
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
             let gc = s.spawn(|| {

@@ -236,19 +236,7 @@ mod tests {
 
     use super::*;
     use crate::hash::hash_bytes;
-    use crate::test_util::cache;
-
-    /// Writes `bytes` to `path` and dates it `age_s` seconds in the past.
-    fn write_dated(path: &Path, bytes: &[u8], age_s: u64) {
-        fs::write(path, bytes).unwrap();
-        let when = SystemTime::now() - Duration::from_secs(age_s);
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
-    }
+    use crate::test_util::{cache, write_dated};
 
     fn set_mtime(path: &Path, when: SystemTime) {
         File::options()

@@ -141,7 +141,14 @@ fn publish_into(
     if !metrics.is_empty() {
         let text =
             serde_json::to_string_pretty(&serde_json::Value::Object(metrics)).unwrap_or_default();
-        write_if_changed(&dest, Path::new("metrics.json"), text.as_bytes(), ledger)?;
+        let hash = blake3::hash(text.as_bytes()).to_hex();
+        write_if_changed(
+            &dest,
+            Path::new("metrics.json"),
+            text.as_bytes(),
+            &hash,
+            ledger,
+        )?;
         written.push(dest);
     }
     Ok(written)
@@ -180,17 +187,18 @@ fn copy_if_changed(
             hash: hash.to_string(),
         });
     }
-    write_if_changed(dest, rel, &bytes, ledger)
+    write_if_changed(dest, rel, &bytes, hash, ledger)
 }
 
+/// Writes `bytes` (whose blake3 is `hash`) to `dest` unless it holds them already.
 fn write_if_changed(
     dest: &Path,
     rel: &Path,
     bytes: &[u8],
+    hash: &str,
     ledger: &mut Ledger,
 ) -> Result<(), PublishError> {
     let key = ledger_key(rel);
-    let hash = blake3::hash(bytes).to_hex().to_string();
     let same = std::fs::read(dest).is_ok_and(|old| old == bytes);
     if !same {
         if !owned(dest, rel, ledger) {
@@ -201,7 +209,7 @@ fn write_if_changed(
         write_atomic(dest, bytes)?;
     }
     // An identical file is adopted: flow would have written exactly it.
-    ledger.files.insert(key, hash);
+    ledger.files.insert(key, hash.to_string());
     Ok(())
 }
 

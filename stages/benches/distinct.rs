@@ -31,14 +31,8 @@ fn main() {
             "no stories at {} (set FLOW_DATA_DIR to a copy of shared/data)",
             file.display()
         );
-        // Where the data must be there (`FLOW_REQUIRE_DATA`, else `CI`, set to anything but
-        // ``, `0` or `false`; the rule of the tests' `skip_or_fail`), a failure.
-        let on = |v: String| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
-        let required = match std::env::var("FLOW_REQUIRE_DATA") {
-            Ok(v) => on(v),
-            Err(_) => std::env::var("CI").is_ok_and(on),
-        };
-        if required {
+        // Where the data must be there (the tests' rule), a failure.
+        if flow_testkit::data_required() {
             panic!("missing bench input: {what} (FLOW_REQUIRE_DATA or CI is set)");
         }
         eprintln!("SKIPPED: {what}");

@@ -38,65 +38,9 @@ pub fn data_dir() -> Option<PathBuf> {
     }
 }
 
-/// Whether a missing test input fails the test instead of skipping it: `FLOW_REQUIRE_DATA`
-/// set to anything but ``, `0` or `false` (`.ci/run` sets it), else `CI` set likewise.
-/// (The same rule as `stages/src/testutil.rs`.)
-pub fn data_required() -> bool {
-    let on = |v: String| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
-    match std::env::var("FLOW_REQUIRE_DATA") {
-        Ok(v) => on(v),
-        Err(_) => std::env::var("CI").is_ok_and(on),
-    }
-}
-
-/// The running test cannot run: `what` (what is missing and how to provide it). Where the
-/// input must be there ([`data_required`]) this panics; else the skip is shown on the terminal
-/// (written to stderr directly, which libtest does not capture, unlike `eprintln!`) and
-/// appended to [`skipped_tests_file`], and the caller returns.
+/// The running test cannot run for want of `what`: see `flow_testkit::skip_or_fail!`.
 pub fn skip_or_fail(what: &str) {
-    use std::io::Write;
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("<unnamed>")
-        .to_string();
-    let krate = env!("CARGO_CRATE_NAME");
-    if data_required() {
-        panic!(
-            "{krate} {test}: missing test input: {what}\n(FLOW_REQUIRE_DATA or CI is set, so \
-             this fails instead of skipping; FLOW_REQUIRE_DATA=0 skips)"
-        );
-    }
-    let line = format!("SKIPPED {krate} {test}: {what}");
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // One write per line: parallel tests append whole lines.
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(skipped_tests_file())
-        .and_then(|mut f| f.write_all(format!("{now} {line}\n").as_bytes()));
-}
-
-/// Where skips are listed, one line each, appended across runs (each line starts with its
-/// Unix time): `FLOW_SKIPPED_FILE`, else `<target dir>/flow-skipped-tests.txt` (the target
-/// dir is the folder above the test binary that cargo marks with `CACHEDIR.TAG`).
-pub fn skipped_tests_file() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOW_SKIPPED_FILE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.ancestors()
-                .skip(1)
-                .find(|d| d.join("CACHEDIR.TAG").is_file())
-                .map(Path::to_path_buf)
-        })
-        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join(".."))
-        .join("flow-skipped-tests.txt")
+    flow_testkit::skip_or_fail!(what)
 }
 
 /// `let data = require_data!();` returns early (the test passes, saying why) without data.
@@ -1053,4 +997,66 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shipped manifests and the fuzz harnesses over them
+
+/// Every `.toml` file of `dir` (not recursive), sorted.
+pub fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The shipped manifests: `manifests/*.toml` (not the included files of `common/`).
+pub fn shipped_manifests() -> Vec<PathBuf> {
+    toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests"))
+}
+
+/// Copies the folder `from` to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the folder");
+    for entry in std::fs::read_dir(from).expect("read the folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy a file");
+        }
+    }
+}
+
+/// A fuzz harness's time budget and seed: `FLOW_FUZZ_SECS` and `FLOW_FUZZ_SEED`, else the
+/// harness's defaults (a few seconds in CI).
+pub fn fuzz_budget_and_seed(default_secs: f64, default_seed: u64) -> (f64, u64) {
+    let var = |name: &str| std::env::var(name).ok();
+    (
+        var("FLOW_FUZZ_SECS")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_secs),
+        var("FLOW_FUZZ_SEED")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_seed),
+    )
+}
+
+/// Duplicates the line of `bytes` that holds offset `at` (a key, table or stage defined
+/// twice), inserting the copy after it.
+pub fn duplicate_line(bytes: &mut Vec<u8>, at: usize) {
+    let start = bytes[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let end = bytes[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |p| at + p + 1);
+    let line = bytes[start..end].to_vec();
+    bytes.splice(end..end, line);
 }

@@ -111,8 +111,9 @@ fn training_tokenizes_smollm2_as_generation_does() {
     };
     let resolved = match flow_models::resolve(&spec, &flow_models::ModelEnv::from_env()) {
         Ok(m) => m,
-        Err(e) if flow_models::offline_from_env() && !data_required() => {
-            eprintln!("SKIPPED flow_train training_tokenizes_smollm2_as_generation_does: {e}");
+        Err(e) if flow_models::offline_from_env() => {
+            // A failure instead where the model must be there.
+            flow_testkit::skip_or_fail!(&format!("no copy of SmolLM2 and offline: {e}"));
             return;
         }
         Err(e) => panic!("{e}"),
@@ -128,16 +129,5 @@ fn training_tokenizes_smollm2_as_generation_does() {
     ] {
         let gen_ids = generating.encode(text, false).unwrap().get_ids().to_vec();
         assert_eq!(trained.encode(text).unwrap(), gen_ids, "{text:?}");
-    }
-}
-
-/// Whether a missing test input fails the test instead of skipping it
-/// (as everywhere in the workspace): `FLOW_REQUIRE_DATA` set to anything
-/// but ``, `0` or `false`, else `CI` set likewise.
-fn data_required() -> bool {
-    let on = |v: String| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
-    match std::env::var("FLOW_REQUIRE_DATA") {
-        Ok(v) => on(v),
-        Err(_) => std::env::var("CI").is_ok_and(on),
     }
 }

@@ -121,21 +121,9 @@ impl Loader<'_> {
 impl Loader<'_> {
     /// `replicates = N`: 1 to [`MAX_REPLICATES`].
     pub(super) fn replicates(&mut self, path: &str, v: &Located) -> Option<u64> {
-        match v.value {
-            Value::Int(n) if (1..=MAX_REPLICATES).contains(&n) => Some(n as u64),
-            Value::Int(n) => {
-                self.err(Diagnostic::new(
-                    path,
-                    v.span.clone(),
-                    format!("replicates must be between 1 and {MAX_REPLICATES}, found {n}"),
-                ));
-                None
-            }
-            ref other => {
-                self.err(type_error(path, v.span.clone(), "an integer", other));
-                None
-            }
-        }
+        let rule = format!("replicates must be between 1 and {MAX_REPLICATES}");
+        self.int_in(path, v, 1..=MAX_REPLICATES, &rule)
+            .map(|n| n as u64)
     }
 }
 
@@ -185,6 +173,15 @@ mod tests {
             (
                 "name = \"t\"\nmax_instances = 0",
                 "`max_instances` must be a positive integer",
+            ),
+            ("name = \"t\"\nreplicates = 3", ""),
+            (
+                "name = \"t\"\nreplicates = 0",
+                "replicates must be between 1 and 1000, found 0",
+            ),
+            (
+                "name = \"t\"\nreplicates = \"2\"",
+                "`replicates` must be an integer",
             ),
             (
                 "name = \"t\"\ndescription = 1",

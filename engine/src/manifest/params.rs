@@ -107,13 +107,26 @@ impl Loader<'_> {
     }
 
     pub(super) fn seed(&mut self, path: &str, v: &Located) -> Option<u64> {
+        self.int_in(path, v, 0..=i64::MAX, "seed must be a non-negative integer")
+            .map(|i| i as u64)
+    }
+
+    /// An integer in `range`; else an error at `path`: "`out_of_range`, found N", or a type
+    /// error for a value that is not an integer.
+    pub(super) fn int_in(
+        &mut self,
+        path: &str,
+        v: &Located,
+        range: std::ops::RangeInclusive<i64>,
+        out_of_range: &str,
+    ) -> Option<i64> {
         match v.value {
-            Value::Int(i) if i >= 0 => Some(i as u64),
+            Value::Int(i) if range.contains(&i) => Some(i),
             Value::Int(i) => {
                 self.err(Diagnostic::new(
                     path,
                     v.span.clone(),
-                    format!("seed must be a non-negative integer, found {i}"),
+                    format!("{out_of_range}, found {i}"),
                 ));
                 None
             }

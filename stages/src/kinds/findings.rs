@@ -23,6 +23,7 @@ use flow_stats::{Direction, Verdict, LEVEL, PERMUTATIONS, RESAMPLES};
 use serde_json::{json, Value as Json};
 
 use crate::contracts::per_example::{self, ExampleLoss};
+use crate::toolkit::seeds::item_hash;
 
 pub const JSON_FILE: &str = "findings.json";
 pub const MD_FILE: &str = "findings.md";
@@ -304,8 +305,7 @@ fn combine(verdicts: &[Verdict]) -> Verdict {
 /// A resampling seed that depends on the stage's seed and on what is resampled, so a
 /// rerun gives the same interval and two results do not share their draws.
 fn draw_seed(stage_seed: u64, what: &str) -> u64 {
-    let h = blake3::hash(format!("{stage_seed}/{what}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    item_hash(stage_seed, "findings", what)
 }
 
 fn evaluate(claim: &Claim, rows: &[Row], stage_seed: u64) -> Result<ClaimResult, StageError> {
