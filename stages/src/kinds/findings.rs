@@ -2,13 +2,18 @@
 //! over the gathered instances, with its uncertainty and a verdict by a rule fixed before
 //! the data (see `flow_stats::Verdict`): `findings.json` and `findings.md`.
 //!
-//! - `test = "contrast"`: every value of `axis` against `reference`, within each group of
-//!   the other bindings, paired on seeds and (where `eval_loss` wrote them) on the same
+//! - `test = "contrast"`: every value of `axis` against `reference` (an axis value), or
+//!   against the instances of another gathered stage (`reference_stage`, e.g. the model
+//!   trained on real data; those match a group on the bindings they have), within each
+//!   group of the other bindings, paired on seeds and (where `eval_loss` wrote them) on the same
 //!   test examples: the mean difference `condition - reference` with a 95% two-way paired
 //!   bootstrap interval. Without per-example results, the per-seed differences with a
 //!   Student-t interval (two seeds or more).
 //! - `test = "trend"`: Spearman's rho of the metric against the ordered `axis` (every
 //!   seed a point), with one-sided permutation p-values.
+//!
+//! `exclude = ["axis=value", ...]` leaves out the instances so bound (e.g. `ratio=0.0`,
+//! where the series do not differ).
 //!
 //! A finding with several results (groups, conditions) `agrees` when every one agrees,
 //! `disagrees` when any disagrees, and is `inconclusive` otherwise.
@@ -23,6 +28,7 @@ use flow_stats::{Direction, Verdict, LEVEL, PERMUTATIONS, RESAMPLES};
 use serde_json::{json, Value as Json};
 
 use crate::contracts::per_example::{self, ExampleLoss};
+use crate::toolkit::replicates::is_seed_label;
 use crate::toolkit::seeds::item_hash;
 
 pub const JSON_FILE: &str = "findings.json";
@@ -46,7 +52,25 @@ struct Claim {
     axis: String,
     direction: Direction,
     reference: Option<String>,
+    reference_stage: Option<String>,
+    exclude: Vec<(String, String)>,
     order: Vec<String>,
+}
+
+impl Claim {
+    fn excludes(&self, row: &Row) -> bool {
+        self.exclude
+            .iter()
+            .any(|(axis, value)| row.axis_value(axis).is_some_and(|v| v.to_string() == *value))
+    }
+
+    /// What the conditions are compared against, for reports.
+    fn reference_name(&self) -> &str {
+        self.reference
+            .as_deref()
+            .or(self.reference_stage.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 struct Settings {
@@ -72,11 +96,23 @@ impl Settings {
                 .and_then(Direction::parse)
                 .unwrap_or(Direction::Increase);
             let reference = s("reference");
-            if test == Test::Contrast && reference.is_none() {
+            let reference_stage = s("reference_stage");
+            if test == Test::Contrast && reference.is_some() == reference_stage.is_some() {
                 return Err(StageError::invalid(format!(
-                    "finding `{claim}`: a contrast needs `reference` (the `{}` value compared against)",
+                    "finding `{claim}`: a contrast needs one of `reference` (the `{}` value \
+                     compared against) or `reference_stage` (a gathered stage compared against)",
                     s("axis").unwrap_or_default()
                 )));
+            }
+            let mut exclude = Vec::new();
+            for item in t.get("exclude").and_then(Value::as_list).unwrap_or_default() {
+                let text = item.as_str().unwrap_or_default();
+                let Some((axis, value)) = text.split_once('=') else {
+                    return Err(StageError::invalid(format!(
+                        "finding `{claim}`: `exclude` entries are `axis=value`, not `{text}`"
+                    )));
+                };
+                exclude.push((axis.trim().to_string(), value.trim().to_string()));
             }
             let order = t
                 .get("order")
@@ -91,6 +127,8 @@ impl Settings {
                 axis: s("axis").unwrap_or_default(),
                 direction,
                 reference,
+                reference_stage,
+                exclude,
                 order,
             });
         }
@@ -133,6 +171,16 @@ impl Stage for Findings {
             )
             .required(),
             ParamSpec::string("reference", "contrast: the axis value compared against"),
+            ParamSpec::string(
+                "reference_stage",
+                "contrast: a gathered stage whose instances are compared against (e.g. the \
+                 model trained on real data), instead of `reference`",
+            ),
+            ParamSpec::list(
+                "exclude",
+                ParamType::Str,
+                "instances left out, as `axis=value` (e.g. `ratio=0.0`)",
+            ),
             ParamSpec::list(
                 "order",
                 ParamType::Str,
@@ -201,13 +249,10 @@ struct Row {
     /// The stage it is an instance of: results are never pooled across stages.
     stage: String,
     bindings: Vec<(String, Value)>,
-    seed: Option<i64>,
+    /// The seed bindings (every seed axis), which replicates pair on.
+    seed: Vec<(String, Value)>,
     metrics: serde_json::Map<String, Json>,
     per_example: Option<Vec<ExampleLoss>>,
-}
-
-fn is_seed_label(label: &str) -> bool {
-    label == "seed" || label.ends_with(".seed")
 }
 
 fn is_axis_label(label: &str, axis: &str) -> bool {
@@ -219,8 +264,9 @@ impl Row {
         let seed = up
             .bindings
             .iter()
-            .find(|(l, _)| is_seed_label(l))
-            .and_then(|(_, v)| v.as_i64());
+            .filter(|(l, _)| is_seed_label(l))
+            .cloned()
+            .collect();
         Ok(Row {
             stage: up
                 .instance
@@ -285,6 +331,8 @@ impl ClaimResult {
             "metric": self.claim.metric,
             "axis": self.claim.axis,
             "reference": self.claim.reference,
+            "reference_stage": self.claim.reference_stage,
+            "exclude": self.claim.exclude.iter().map(|(a, v)| format!("{a}={v}")).collect::<Vec<_>>(),
             "direction": self.claim.direction,
             "results": self.results,
             "verdict": self.verdict.as_str(),
@@ -311,7 +359,7 @@ fn draw_seed(stage_seed: u64, what: &str) -> u64 {
 fn evaluate(claim: &Claim, rows: &[Row], stage_seed: u64) -> Result<ClaimResult, StageError> {
     let relevant: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.axis_value(&claim.axis).is_some())
+        .filter(|r| r.axis_value(&claim.axis).is_some() && !claim.excludes(r))
         .collect();
     if relevant.is_empty() {
         return Err(StageError::invalid(format!(
@@ -329,7 +377,13 @@ fn evaluate(claim: &Claim, rows: &[Row], stage_seed: u64) -> Result<ClaimResult,
     for (group, members) in &groups {
         match claim.test {
             Test::Contrast => {
-                for (json, verdict, summary) in contrasts(claim, group, members, stage_seed)? {
+                let refs = match &claim.reference_stage {
+                    Some(stage) => reference_rows(claim, stage, members, rows)?,
+                    None => Vec::new(),
+                };
+                for (json, verdict, summary) in
+                    contrasts(claim, group, members, &refs, stage_seed)?
+                {
                     results.push(json);
                     verdicts.push(verdict);
                     summaries.push(summary);
@@ -355,19 +409,59 @@ fn label(group: &str) -> String {
     format!("[{group}] ")
 }
 
+/// The instances of `stage` a group (`members`, which share every binding but the axis
+/// and the seeds) is compared against: those whose every binding but the seeds the group
+/// has too, with the same value.
+fn reference_rows<'a>(
+    claim: &Claim,
+    stage: &str,
+    members: &[&Row],
+    rows: &'a [Row],
+) -> Result<Vec<&'a Row>, StageError> {
+    let first = members[0];
+    let same = |label: &str, value: &Value| {
+        first
+            .bindings
+            .iter()
+            .any(|(l, v)| (l == label || is_axis_label(l, label)) && v == value)
+    };
+    let of_stage: Vec<&Row> = rows.iter().filter(|r| r.stage == stage).collect();
+    if of_stage.is_empty() {
+        return Err(StageError::invalid(format!(
+            "finding `{}`: `reference_stage = \"{stage}\"` is not among the gathered stages",
+            claim.claim
+        )));
+    }
+    Ok(of_stage
+        .into_iter()
+        .filter(|r| r.bindings.iter().all(|(l, v)| same(l, v)))
+        .collect())
+}
+
 fn contrasts(
     claim: &Claim,
     group: &str,
     members: &[&Row],
+    stage_refs: &[&Row],
     stage_seed: u64,
 ) -> Result<Vec<(Json, Verdict, String)>, StageError> {
-    let reference = claim.reference.as_deref().unwrap_or_default();
+    let reference = claim.reference_name();
     let value_of = |r: &Row| r.axis_value(&claim.axis).map(|v| v.to_string());
-    let refs: Vec<&Row> = members
-        .iter()
-        .copied()
-        .filter(|r| value_of(r).as_deref() == Some(reference))
-        .collect();
+    let refs: Vec<&Row> = if claim.reference_stage.is_some() {
+        stage_refs.to_vec()
+    } else {
+        members
+            .iter()
+            .copied()
+            .filter(|r| value_of(r).as_deref() == Some(reference))
+            .collect()
+    };
+    if refs.is_empty() && claim.reference_stage.is_some() {
+        return Err(StageError::invalid(format!(
+            "finding `{}`: no instance of `{reference}` matches the bindings of `{group}`",
+            claim.claim
+        )));
+    }
     if refs.is_empty() {
         return Err(StageError::invalid(format!(
             "finding `{}`: no instance of `{group}` has `{} = {reference}`",
@@ -377,7 +471,7 @@ fn contrasts(
     let mut conditions: Vec<String> = members
         .iter()
         .filter_map(|r| value_of(r))
-        .filter(|v| v != reference)
+        .filter(|v| claim.reference_stage.is_some() || v != reference)
         .collect();
     conditions.sort();
     conditions.dedup();
@@ -555,12 +649,15 @@ fn markdown(results: &[ClaimResult]) -> String {
     );
     for r in results {
         let test = match r.claim.test {
-            Test::Contrast => format!(
-                "{} vs {} = {}",
-                r.claim.metric,
-                r.claim.axis,
-                r.claim.reference.as_deref().unwrap_or_default()
-            ),
+            Test::Contrast => match &r.claim.reference_stage {
+                Some(stage) => format!("{} vs `{stage}`", r.claim.metric),
+                None => format!(
+                    "{} vs {} = {}",
+                    r.claim.metric,
+                    r.claim.axis,
+                    r.claim.reference_name()
+                ),
+            },
             Test::Trend => format!("{} along {}", r.claim.metric, r.claim.axis),
         };
         let _ = writeln!(
@@ -596,7 +693,7 @@ mod tests {
         Row {
             stage: "eval".into(),
             bindings: vec![("ratio".into(), Value::Float(ratio))],
-            seed: Some(seed),
+            seed: vec![("seed".into(), Value::Int(seed))],
             metrics,
             per_example: examples.map(|l| {
                 l.iter()
@@ -620,6 +717,8 @@ mod tests {
             axis: "ratio".into(),
             direction,
             reference: Some("0.0".into()),
+            reference_stage: None,
+            exclude: Vec::new(),
             order: Vec::new(),
         }
     }
@@ -667,6 +766,58 @@ mod tests {
         let rows = vec![row(0.5, 1, 3.0, None), row(1.0, 1, 3.5, None)];
         let err = evaluate(&claim(Test::Contrast, Direction::Increase), &rows, 7).unwrap_err();
         assert!(err.to_string().contains("has `ratio = 0.0`"), "{err}");
+    }
+
+    /// Every level against a separate stage (the model trained on real data), paired on
+    /// seeds and examples; `exclude` drops a level.
+    #[test]
+    fn levels_against_a_reference_stage() {
+        let base: Vec<f64> = (0..30).map(|e| 3.0 + (e % 5) as f64 * 0.1).collect();
+        let shifted = |d: f64| base.iter().map(|x| x + d).collect::<Vec<f64>>();
+        let mut rows = Vec::new();
+        for seed in [1, 2] {
+            let mut real = row(0.0, seed, 3.2, Some(shifted(0.0)));
+            real.stage = "eval_real".into();
+            real.bindings.clear();
+            rows.push(real);
+            for (m_r, d) in [(10, 0.2), (20, 0.3), (30, -0.4)] {
+                let mut r = row(0.0, seed, 3.2 + d, Some(shifted(d)));
+                r.bindings = vec![("m_r".into(), Value::Int(m_r))];
+                rows.push(r);
+            }
+        }
+        let mut c = claim(Test::Contrast, Direction::Increase);
+        c.axis = "m_r".into();
+        c.reference = None;
+        c.reference_stage = Some("eval_real".into());
+        let all = evaluate(&c, &rows, 7).unwrap();
+        assert_eq!(all.results.len(), 3);
+        assert_eq!(all.verdict, Verdict::Disagrees, "{}", all.summary);
+        assert_eq!(all.results[0]["reference"], "eval_real");
+        assert!((all.results[0]["estimate"].as_f64().unwrap() - 0.2).abs() < 1e-9);
+        c.exclude = vec![("m_r".into(), "30".into())];
+        let kept = evaluate(&c, &rows, 7).unwrap();
+        assert_eq!(kept.results.len(), 2);
+        assert_eq!(kept.verdict, Verdict::Agrees, "{}", kept.summary);
+        c.reference_stage = Some("nowhere".into());
+        let err = evaluate(&c, &rows, 7).unwrap_err();
+        assert!(err.to_string().contains("not among the gathered stages"), "{err}");
+    }
+
+    #[test]
+    fn a_contrast_names_one_reference() {
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("claim".to_string(), Value::Str("c".into()));
+        t.insert("axis".to_string(), Value::Str("ratio".into()));
+        let mut params = Params::default();
+        params.insert("findings", Value::List(vec![Value::Table(t.clone())]));
+        let err = Settings::from_params(&params).err().unwrap();
+        assert!(err.to_string().contains("one of `reference`"), "{err}");
+        t.insert("reference".to_string(), Value::Str("0.0".into()));
+        t.insert("exclude".to_string(), Value::List(vec![Value::Str("ratio".into())]));
+        params.insert("findings", Value::List(vec![Value::Table(t)]));
+        let err = Settings::from_params(&params).err().unwrap();
+        assert!(err.to_string().contains("`axis=value`"), "{err}");
     }
 
     #[test]

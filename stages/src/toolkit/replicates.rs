@@ -22,6 +22,13 @@ use crate::toolkit::seeds::item_hash;
 /// The binding that numbers replicates.
 pub const SEED: &str = "seed";
 
+/// Whether a binding label numbers replicates: `seed`, or `stage.seed` where the
+/// engine qualifies it (two seed axes on one instance, e.g. generation and
+/// training seeds). Every seed axis is a replicate axis.
+pub fn is_seed_label(label: &str) -> bool {
+    label == SEED || label.strip_suffix(SEED).is_some_and(|s| s.ends_with('.'))
+}
+
 /// How an [`Estimate`]'s interval was computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -63,7 +70,7 @@ pub struct Estimate {
 
 /// Whether `up` has a `seed` binding.
 pub fn has_seed(up: &Upstream) -> bool {
-    up.bindings.iter().any(|(k, _)| k == SEED)
+    up.bindings.iter().any(|(k, _)| is_seed_label(k))
 }
 
 /// The group of an instance: its stage and its bindings but `seed`, named as
@@ -74,7 +81,7 @@ pub fn group_name(up: &Upstream) -> String {
     let parts: Vec<String> = up
         .bindings
         .iter()
-        .filter(|(k, _)| k != SEED)
+        .filter(|(k, _)| !is_seed_label(k))
         .map(|(k, v)| format!("{k}={}", v.name_part()))
         .collect();
     if parts.is_empty() {
@@ -86,7 +93,7 @@ pub fn group_name(up: &Upstream) -> String {
 
 /// The bindings of an instance but `seed`.
 pub fn group_bindings(up: &Upstream) -> impl Iterator<Item = &(String, Value)> {
-    up.bindings.iter().filter(|(k, _)| k != SEED)
+    up.bindings.iter().filter(|(k, _)| !is_seed_label(k))
 }
 
 /// The bootstrap seed of a group: a hash of its name.
@@ -204,6 +211,14 @@ mod tests {
         let c = up("eval@level=a%2Cb", &[("level", Value::Str("a,b".into()))]);
         assert_eq!(group_name(&c), "eval@level=a%2Cb");
         assert!(!has_seed(&c));
+        // A qualified seed axis (two on one instance) is a replicate axis too.
+        let d = up(
+            "eval@gen.seed=1,train.seed=2",
+            &[("gen.seed", Value::Int(1)), ("train.seed", Value::Int(2))],
+        );
+        assert_eq!(group_name(&d), "eval");
+        assert!(has_seed(&d));
+        assert!(!is_seed_label("reseed") && !is_seed_label("seeds"));
     }
 
     #[test]

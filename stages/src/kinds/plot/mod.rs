@@ -476,7 +476,7 @@ fn lines(
         .x
         .iter()
         .chain(&o.series)
-        .any(|b| b == replicates::SEED);
+        .any(|b| replicates::is_seed_label(b));
     let x_of = |up: &Upstream, panel: &mut PanelData| -> Result<f64, StageError> {
         let (name, v) =
             o.x.iter()

@@ -206,7 +206,7 @@ fn summarize(table: &Grid, upstreams: &[Upstream]) -> Result<Grid, StageError> {
         members.entry(name).or_default().push(i);
     }
     let bindings: Vec<usize> = (1..table.keys)
-        .filter(|&i| table.columns[i] != replicates::SEED)
+        .filter(|&i| !replicates::is_seed_label(&table.columns[i]))
         .collect();
     let metrics: Vec<usize> = (table.keys..table.columns.len())
         .filter(|&i| table.rows.iter().any(|r| r[i].is_number()))
