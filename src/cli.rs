@@ -112,6 +112,10 @@ pub struct GcArgs {
     /// Report what would be deleted without deleting
     #[arg(long)]
     pub dry_run: bool,
+    /// Leave unreachable entries that changed less than this many seconds ago: on a cache
+    /// shared by several machines, a job elsewhere may be writing them (0: no grace)
+    #[arg(long, value_name = "SECONDS", default_value_t = flow_cache::GC_GRACE.as_secs())]
+    pub grace: u64,
 }
 
 #[derive(Args, Debug)]

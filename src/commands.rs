@@ -461,7 +461,7 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
         Cache::open(&dir)
     }
     .with_context(|| format!("opening the cache at {}", dir.display()))?;
-    let report = cache.gc(args.dry_run)?;
+    let report = cache.gc_with_grace(args.dry_run, std::time::Duration::from_secs(args.grace))?;
     println!(
         "{}{} records and {} objects ({:.1} MB), {} work folders; kept {} records, {} objects",
         if args.dry_run {
@@ -476,6 +476,13 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
         report.records_kept,
         report.objects_kept
     );
+    if report.young_kept > 0 {
+        println!(
+            "left {} unreachable entries younger than {} s alone (another machine may be \
+             writing them; `--grace 0` removes them)",
+            report.young_kept, args.grace
+        );
+    }
     // The generation journals under `<cache>/journal`: only readable lines, the last
     // answer per key (a journal open in a running `flow run` is left alone).
     for (path, r) in flow_generate::Journal::compact_all(

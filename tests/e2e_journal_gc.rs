@@ -17,7 +17,11 @@ fn line(key: &str, text: &str) -> String {
 }
 
 fn gc(p: &Project, dry: bool) -> String {
-    let args: &[&str] = if dry { &["gc", "--dry-run"] } else { &["gc"] };
+    let args: &[&str] = if dry {
+        &["gc", "--dry-run", "--grace", "0"]
+    } else {
+        &["gc", "--grace", "0"]
+    };
     let out = p.flow(args);
     assert_eq!(out.code, Some(0), "{}", out.show());
     out.stdout

@@ -263,7 +263,11 @@ fn referenced(p: &Project, keys: &BTreeSet<String>) -> BTreeSet<String> {
 }
 
 fn gc(p: &Project, dry: bool) -> (usize, usize) {
-    let args: &[&str] = if dry { &["gc", "--dry-run"] } else { &["gc"] };
+    let args: &[&str] = if dry {
+        &["gc", "--dry-run", "--grace", "0"]
+    } else {
+        &["gc", "--grace", "0"]
+    };
     let out = p.flow(args);
     assert_eq!(out.code, Some(0), "{}", out.show());
     // `removed 3 records and 4 objects (0.1 MB), ...`

@@ -71,7 +71,7 @@ fn gc_after_a_kill_keeps_what_the_killed_run_finished() {
         "the run finished too little before the kill"
     );
 
-    let gc = p.flow(&["gc"]);
+    let gc = p.flow(&["gc", "--grace", "0"]);
     assert_eq!(gc.code, Some(0), "{}", gc.show());
     let after = record_files(&p);
     for name in &finished {
@@ -174,7 +174,7 @@ fn status_only_reads_and_does_not_race_gc() {
     std::thread::scope(|s| {
         let gc = s.spawn(|| {
             for _ in 0..15 {
-                let out = p.flow(&["gc"]);
+                let out = p.flow(&["gc", "--grace", "0"]);
                 assert_eq!(out.code, Some(0), "gc beside status: {}", out.show());
             }
             stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -26,7 +27,16 @@ pub struct GcReport {
     pub records_kept: usize,
     /// Objects kept.
     pub objects_kept: usize,
+    /// Unreachable entries (records, objects, work and tmp entries) kept because they
+    /// changed within the grace period: another machine may be writing them.
+    pub young_kept: usize,
 }
+
+/// How long `flow gc` leaves unreachable entries alone after they last changed. The run
+/// lock proves no run is active on this machine, but on a cache shared by several
+/// machines (NFS, Lustre: `flock` may be node-local) a job elsewhere may be writing
+/// objects, a record or a checkpoint right now.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
 impl Cache {
     /// Deletes everything not reachable from the refs of manifests that still exist.
@@ -44,6 +54,12 @@ impl Cache {
     /// On a read-only handle ([`Cache::open_read_only`]) gc is always a dry run and takes no
     /// lock, so it writes nothing at all.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, CacheError> {
+        self.gc_with_grace(dry_run, Duration::ZERO)
+    }
+
+    /// [`Cache::gc`], keeping every unreachable record, failure, object, work folder and
+    /// tmp entry that changed less than `grace` ago (see [`DEFAULT_GRACE`]).
+    pub fn gc_with_grace(&self, dry_run: bool, grace: Duration) -> Result<GcReport, CacheError> {
         let dry_run = dry_run || self.read_only;
         let _exclusive = if self.read_only {
             None
@@ -53,6 +69,7 @@ impl Cache {
         let mut gc = Sweep {
             cache: self,
             dry_run,
+            young_since: SystemTime::now().checked_sub(grace),
             report: GcReport::default(),
         };
         let roots = gc.roots()?;
@@ -91,10 +108,33 @@ impl Cache {
 struct Sweep<'a> {
     cache: &'a Cache,
     dry_run: bool,
+    /// Entries changed after this are young and kept (None: a zero grace).
+    young_since: Option<SystemTime>,
     report: GcReport,
 }
 
 impl Sweep<'_> {
+    /// Whether `path` (or, for a folder, anything directly in it) changed within the grace
+    /// period; counted in the report when it is.
+    fn young(&mut self, path: &Path) -> bool {
+        let Some(since) = self.young_since else {
+            return false;
+        };
+        let changed = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since)
+        };
+        let young = changed(path)
+            || (path.is_dir()
+                && fsio::list_dir(path)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|e| changed(&e.path())));
+        self.report.young_kept += usize::from(young);
+        young
+    }
+
     /// Removes a file or folder (unless a dry run) and returns its size for the report.
     fn remove(&self, path: &Path) -> Result<u64, CacheError> {
         let size = fsio::disk_size(path);
@@ -166,6 +206,13 @@ impl Sweep<'_> {
                     RecordState::Unreadable(_) => {}
                 }
             }
+            if self.young(&entry.path()) {
+                // Its objects stay too: a job elsewhere wrote them just before it.
+                if let RecordState::Ok(record) = self.cache.read_record(&key) {
+                    keep.extend(record.outputs.into_values().map(|o| o.hash));
+                }
+                continue;
+            }
             self.report.bytes_freed += self.remove(&entry.path())?;
             self.report.records_removed += 1;
         }
@@ -175,7 +222,7 @@ impl Sweep<'_> {
     fn failures(&mut self, roots: &HashSet<Hash>) -> Result<(), CacheError> {
         for entry in fsio::list_dir(&self.cache.dir("failures"))? {
             match hash_named(&entry.file_name(), ".json") {
-                Some(key) if !roots.contains(&key) => {
+                Some(key) if !roots.contains(&key) && !self.young(&entry.path()) => {
                     self.report.bytes_freed += self.remove(&entry.path())?;
                 }
                 _ => {}
@@ -202,6 +249,8 @@ impl Sweep<'_> {
                 }
                 if keep.contains(&hash) {
                     self.report.objects_kept += 1;
+                } else if self.young(&entry.path()) {
+                    self.report.objects_kept += 1;
                 } else {
                     self.report.bytes_freed += self.remove(&entry.path())?;
                     self.report.objects_removed += 1;
@@ -214,7 +263,7 @@ impl Sweep<'_> {
     fn work_dirs(&mut self, roots: &HashSet<Hash>) -> Result<(), CacheError> {
         for entry in fsio::list_dir(&self.cache.dir("work"))? {
             match hash_named(&entry.file_name(), "") {
-                Some(key) if !roots.contains(&key) => {
+                Some(key) if !roots.contains(&key) && !self.young(&entry.path()) => {
                     self.report.bytes_freed += self.remove(&entry.path())?;
                     self.report.work_dirs_removed += 1;
                 }
@@ -224,9 +273,13 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    /// Everything in tmp/ is a leftover: no run is active while gc holds the run lock.
+    /// Everything in tmp/ is a leftover of this machine (no run is active here while gc
+    /// holds the run lock); a young entry may be another machine's write in progress.
     fn tmp(&mut self) -> Result<(), CacheError> {
         for entry in fsio::list_dir(&self.cache.tmp_dir())? {
+            if self.young(&entry.path()) {
+                continue;
+            }
             self.report.bytes_freed += self.remove(&entry.path())?;
         }
         Ok(())
@@ -494,6 +547,39 @@ mod tests {
         let again = c.gc(false).unwrap();
         assert_eq!((again.records_removed, again.objects_removed), (0, 0));
         assert_eq!((again.records_kept, again.objects_kept), (1, 2));
+    }
+
+    /// With a grace period nothing unreachable that changed within it is removed (another
+    /// machine may be writing it); once it is older, it goes.
+    #[test]
+    fn young_unreachable_entries_survive_a_grace_period() {
+        let w = world();
+        let c = &w.cache;
+        let report = c.gc_with_grace(false, Duration::from_secs(3600)).unwrap();
+        assert_eq!(
+            (
+                report.records_removed,
+                report.objects_removed,
+                report.work_dirs_removed
+            ),
+            (0, 0, 0)
+        );
+        assert!(report.young_kept > 0);
+        assert!(fsio::list_dir(&c.tmp_dir()).unwrap().len() >= 2);
+        // Backdate everything: now it is old, and the same sweep removes it.
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for p in &snapshot(c.root()) {
+            std::fs::File::open(p)
+                .and_then(|f| f.set_modified(old))
+                .unwrap();
+        }
+        let report = c.gc_with_grace(false, Duration::from_secs(3600)).unwrap();
+        assert!(
+            report.records_removed > 0 && report.objects_removed > 0,
+            "{report:?}"
+        );
+        assert!(fsio::list_dir(&c.tmp_dir()).unwrap().is_empty());
+        assert!(!c.root().join("work").join(&w.k_unrooted).exists());
     }
 
     #[test]

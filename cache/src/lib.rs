@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 pub use area::Area;
 pub use error::CacheError;
-pub use gc::GcReport;
+pub use gc::{GcReport, DEFAULT_GRACE as GC_GRACE};
 pub use hash::{hash_bytes, is_valid_hash, Hash};
 pub use lock::{KeyLock, RunGuard};
 pub use objects::ObjectState;

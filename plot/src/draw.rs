@@ -64,13 +64,40 @@ pub fn svg(fig: &Figure, path: &Path) -> Result<()> {
     })
 }
 
+/// The PNG's pixels per SVG pixel: print quality (a 2-panel figure is 2560 px wide).
+pub const PNG_SCALE: u32 = 2;
+
+/// The figure as SVG, rasterized by resvg at [`PNG_SCALE`] with the embedded font, so the
+/// PNG is the SVG (plotters' own bitmap backend misplaces text: decimal points at
+/// mid-height, split words).
 pub fn png(fig: &Figure, path: &Path) -> Result<()> {
     register_font();
-    let root = BitMapBackend::new(path, fig.size()).into_drawing_area();
-    draw(fig, root).map_err(|message| PlotError::Draw {
+    let failed = |message: String| PlotError::Draw {
         path: path.to_path_buf(),
         message,
-    })
+    };
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, fig.size()).into_drawing_area();
+        draw(fig, root).map_err(failed)?;
+    }
+    let mut options = resvg::usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_font_data(DEJAVU.to_vec());
+    fonts.set_sans_serif_family("DejaVu Sans");
+    options.font_family = "DejaVu Sans".into();
+    let tree = resvg::usvg::Tree::from_str(&text, &options).map_err(|e| failed(err(e)))?;
+    let (w, h) = fig.size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(w * PNG_SCALE, h * PNG_SCALE)
+        .ok_or_else(|| failed(format!("cannot allocate a {w}x{h} image")))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    let scale = PNG_SCALE as f32;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.save_png(path).map_err(|e| failed(err(e)))
 }
 
 type Res = std::result::Result<(), String>;

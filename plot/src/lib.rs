@@ -13,6 +13,7 @@ mod histogram;
 
 use std::path::{Path, PathBuf};
 
+pub use draw::PNG_SCALE;
 pub use histogram::{bin_edges, density};
 
 #[derive(Debug, thiserror::Error)]

@@ -95,7 +95,12 @@ fn renders_svg_and_png_with_text_and_colours() {
         assert!(text.contains(label), "SVG lacks `{label}`");
     }
     let img = image::open(&png).unwrap().to_rgb8();
-    assert_eq!(img.dimensions(), fig.size());
+    let scaled = |(w, h): (u32, u32)| (w * PNG_SCALE, h * PNG_SCALE);
+    assert_eq!(
+        img.dimensions(),
+        scaled(fig.size()),
+        "the PNG is the SVG at 2x"
+    );
     // The first series' colour and the text (dark pixels) are drawn.
     let count = |f: &dyn Fn(&image::Rgb<u8>) -> bool| img.pixels().filter(|p| f(p)).count();
     let blue = count(&|p| p.0 == [0, 114, 178]);
@@ -208,11 +213,12 @@ fn intervals_are_error_bars_with_caps_and_the_footer_is_drawn() {
         "no band"
     );
     let img = image::open(&png).unwrap().to_rgb8();
-    assert_eq!(img.dimensions(), fig.size());
+    let (w, h) = img.dimensions();
+    assert_eq!((w, h), (fig.size().0 * PNG_SCALE, fig.size().1 * PNG_SCALE));
     assert_eq!(fig.size(), (PANEL_SIZE.0, PANEL_SIZE.1 + FOOTER_HEIGHT));
     // The footer's text: dark pixels in the strip under the panel.
-    let footer_ink = (PANEL_SIZE.1..fig.size().1)
-        .flat_map(|y| (0..fig.size().0).map(move |x| (x, y)))
+    let footer_ink = (PANEL_SIZE.1 * PNG_SCALE..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
         .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 120))
         .count();
     assert!(footer_ink > 100, "footer drawn on {footer_ink} pixels");
