@@ -55,6 +55,68 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// Viridis from dark purple to green (its light yellow end is left out: unreadable on
+/// white), for ordered levels.
+const SEQUENTIAL: [RGBColor; 6] = [
+    RGBColor(68, 1, 84),
+    RGBColor(65, 68, 135),
+    RGBColor(42, 120, 142),
+    RGBColor(34, 168, 132),
+    RGBColor(122, 209, 81),
+    RGBColor(189, 223, 38),
+];
+
+/// Colour `i` of `n` ordered levels: evenly spaced along [`SEQUENTIAL`].
+fn ordered_color(i: usize, n: usize) -> RGBColor {
+    if n <= 1 {
+        return SEQUENTIAL[0];
+    }
+    let t = i.min(n - 1) as f64 / (n - 1) as f64 * (SEQUENTIAL.len() - 1) as f64;
+    let (k, f) = (t.floor() as usize, t.fract());
+    let (a, b) = (SEQUENTIAL[k], SEQUENTIAL[(k + 1).min(SEQUENTIAL.len() - 1)]);
+    let mix = |x: u8, y: u8| (f64::from(x) + f * (f64::from(y) - f64::from(x))).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// A reference line beside ordered levels: neutral, so it is never one of them.
+const REFERENCE_GREY: RGBColor = RGBColor(90, 90, 90);
+
+/// The colours of a lines panel: its series, its references, its right-axis series.
+struct Colours {
+    ordered: bool,
+    series: usize,
+}
+
+impl Colours {
+    fn series(&self, i: usize) -> RGBColor {
+        if self.ordered {
+            ordered_color(i, self.series)
+        } else {
+            color(i)
+        }
+    }
+
+    fn reference(&self, i: usize) -> RGBColor {
+        if self.ordered {
+            REFERENCE_GREY
+        } else {
+            color(self.series + i)
+        }
+    }
+}
+
+/// Whether every x is a whole number: ticks between them get no label (steps, epochs).
+fn integer_axis(xs: impl Iterator<Item = f64>) -> bool {
+    let mut any = false;
+    for x in xs {
+        if x.fract() != 0.0 {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 pub fn svg(fig: &Figure, path: &Path) -> Result<()> {
     register_font();
     let root = SVGBackend::new(path, fig.size()).into_drawing_area();
@@ -128,6 +190,7 @@ fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
                 x_ticks,
                 right,
                 references,
+                ordered,
             } => lines(
                 &area,
                 panel,
@@ -135,6 +198,10 @@ fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
                 x_ticks.as_deref(),
                 right.as_ref(),
                 references,
+                Colours {
+                    ordered: *ordered,
+                    series: series.len(),
+                },
             )?,
             PanelKind::Histogram { samples, bins } => {
                 let edges = bin_edges(samples.iter().map(|s| s.values.as_slice()), *bins);
@@ -286,6 +353,7 @@ fn lines<DB: DrawingBackend>(
     x_ticks: Option<&[String]>,
     right: Option<&RightAxis>,
     references: &[Reference],
+    colours: Colours,
 ) -> Res {
     let x_range = match x_ticks {
         Some(t) => -0.5..(t.len().max(1) as f64 - 0.5),
@@ -345,7 +413,9 @@ fn lines<DB: DrawingBackend>(
         let mut chart = builder
             .build_cartesian_2d(x_range.clone(), y_range)
             .map_err(err)?;
-        left_side(&mut chart, panel, series, x_ticks, references, &x_range)?;
+        left_side(
+            &mut chart, panel, series, x_ticks, references, &x_range, &colours, None,
+        )?;
         return legend(&mut chart, corner);
     };
     builder.right_y_label_area_size(64);
@@ -355,24 +425,32 @@ fn lines<DB: DrawingBackend>(
         .build_cartesian_2d(x_range.clone(), y_range)
         .map_err(err)?
         .set_secondary_coord(x_range.clone(), right_range.unwrap_or(0.0..1.0));
-    left_side(&mut dual, panel, series, x_ticks, references, &x_range)?;
+    // One right series per left one, several of each (each model's loss
+    // and its data's diversity): the same colour, dashed. Otherwise (one of
+    // each: two quantities of one model) colours of their own.
+    let paired = right.series.len() == series.len() && series.len() > 1;
+    let right_colour = |i: usize| match paired {
+        true => colours.series(i),
+        false => color(series.len() + references.len() + i),
+    };
+    // Each axis' label in its series' colour where it has one series (a loss on the
+    // left, a diversity on the right): which line belongs to which axis at a glance.
+    let single = |n: usize, c: RGBColor| (n == 1 && !paired).then_some(c);
+    let left_ink = single(series.len(), colours.series(0));
+    let right_ink = single(right.series.len(), right_colour(0)).unwrap_or(BLACK);
+    left_side(
+        &mut dual, panel, series, x_ticks, references, &x_range, &colours, left_ink,
+    )?;
     let y_fmt = |v: &f64| tick_label(*v);
     dual.configure_secondary_axes()
         .y_desc(&right.label)
-        .axis_desc_style((FONT, 16))
+        .axis_desc_style(TextStyle::from((FONT, 16)).color(&right_ink))
         .label_style((FONT, 13))
         .y_label_formatter(&y_fmt)
         .draw()
         .map_err(err)?;
-    // One right series per left one, several of each (each model's loss
-    // and its data's diversity): the same colour, dashed. Otherwise (one of
-    // each: two quantities of one model) colours of their own.
-    let offset = match right.series.len() == series.len() && series.len() > 1 {
-        true => 0,
-        false => series.len() + references.len(),
-    };
     for (i, s) in right.series.iter().enumerate() {
-        let c = color(offset + i);
+        let c = right_colour(i);
         dual.draw_secondary_series(DashedLineSeries::new(
             s.points.iter().copied(),
             8,
@@ -451,7 +529,10 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
     x_ticks: Option<&[String]>,
     references: &[Reference],
     x_range: &Range<f64>,
+    colours: &Colours,
+    y_ink: Option<RGBColor>,
 ) -> Res {
+    let integers = integer_axis(xs(series));
     let tick_names = |v: &f64| -> String {
         match x_ticks {
             Some(t) => {
@@ -462,13 +543,26 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
                     String::new()
                 }
             }
+            // Float steps land near, not on, whole numbers.
+            None if integers => match (v - v.round()).abs() < 1e-6 {
+                true => tick_label(v.round()),
+                false => String::new(),
+            },
             None => tick_label(*v),
         }
     };
     let y_fmt = |v: &f64| tick_label(*v);
+    let ink = y_ink.unwrap_or(BLACK);
     let mut mesh = chart.configure_mesh();
+    // A coloured y description is drawn on its own below (the mesh draws both
+    // descriptions in one style).
+    let y_desc = if y_ink.is_some() {
+        ""
+    } else {
+        panel.y_label.as_str()
+    };
     mesh.x_desc(&panel.x_label)
-        .y_desc(&panel.y_label)
+        .y_desc(y_desc)
         .axis_desc_style((FONT, 16))
         .label_style((FONT, 13))
         .x_label_formatter(&tick_names)
@@ -479,8 +573,21 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
         mesh.x_labels(t.len() * 2 + 1);
     }
     mesh.draw().map_err(err)?;
+    if y_ink.is_some() {
+        // The y axis again (the same labels, drawn over themselves) with its description.
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_desc(&panel.y_label)
+            .axis_desc_style(TextStyle::from((FONT, 16)).color(&ink))
+            .label_style((FONT, 13))
+            .y_label_formatter(&y_fmt)
+            .draw()
+            .map_err(err)?;
+    }
     for (i, s) in series.iter().enumerate() {
-        let c = color(i);
+        let c = colours.series(i);
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
             .map_err(err)?
@@ -496,7 +603,7 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
         chart.draw_series(error_bars(s, c)).map_err(err)?;
     }
     for (i, r) in references.iter().enumerate() {
-        let c = color(series.len() + i);
+        let c = colours.reference(i);
         if let Some((lo, hi)) = r.interval {
             // A light band under the line: the reference's interval.
             let band = [(x_range.start, lo), (x_range.end, hi)];

@@ -57,6 +57,9 @@ pub enum PanelKind {
         /// Horizontal dashed lines on the left axis (e.g. the model trained
         /// on real data).
         references: Vec<Reference>,
+        /// The series are ordered levels (Gen-D1, D3, D5; shares): drawn in
+        /// a sequential colour scale in their order, references in grey.
+        ordered: bool,
     },
     /// Overlaid densities of samples over shared bins.
     Histogram { samples: Vec<Sample>, bins: usize },

@@ -27,6 +27,7 @@ fn figure() -> Figure {
                         y: 3.0,
                         interval: None,
                     }],
+                    ordered: false,
                 },
             },
             Panel {
@@ -38,6 +39,7 @@ fn figure() -> Figure {
                     x_ticks: Some(vec!["Gen-D0".into(), "Gen-D1".into(), "Gen-D2".into()]),
                     right: None,
                     references: vec![],
+                    ordered: false,
                 },
             },
             Panel {
@@ -161,6 +163,7 @@ fn with_intervals() -> Figure {
                     y: 2.8,
                     interval: Some((2.7, 2.9)),
                 }],
+                ordered: false,
             },
         }],
         footer: "3 seeds per point, 64 test examples; bars: 95% CI (Student t over seeds)".into(),
@@ -249,4 +252,80 @@ fn bad_intervals_are_refused() {
         series[0].intervals[0] = Some((3.2, 3.0));
     }
     assert!(fig.render(dir.path(), "fig").is_err());
+}
+
+/// Ordered levels get a sequential scale (dark to light, none of them the reference's
+/// grey); whole-number x axes label only whole numbers; a lone series' axis label is
+/// drawn in its colour.
+#[test]
+fn ordered_levels_integer_ticks_and_coloured_axis_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels: Vec<Series> = (0..3)
+        .map(|k| {
+            let y = 3.0 - 0.1 * k as f64;
+            series(
+                &format!("Gen-D{}", 2 * k + 1),
+                &[(0.0, y), (1.0, y + 0.1), (2.0, y + 0.3)],
+            )
+        })
+        .collect();
+    let fig = Figure {
+        title: String::new(),
+        panels: vec![Panel {
+            title: "QA".into(),
+            x_label: "epoch".into(),
+            y_label: "test loss".into(),
+            kind: PanelKind::Lines {
+                series: levels,
+                x_ticks: None,
+                right: None,
+                references: vec![Reference {
+                    label: "real".into(),
+                    y: 2.5,
+                    interval: None,
+                }],
+                ordered: true,
+            },
+        }],
+        footer: String::new(),
+    };
+    let (svg, _) = fig.render(dir.path(), "ordered").unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    // Viridis' first colour, its middle and the reference's grey; not the palette's blue.
+    assert!(text.contains("#440154"), "first level");
+    assert!(text.contains("#5A5A5A"), "reference grey");
+    assert!(!text.contains("#0072B2"), "no categorical colour");
+    // Whole-number ticks only: 0, 1, 2 and no 0.5 or 1.5.
+    let labels = svg_texts(&text);
+    let labels: Vec<&str> = labels.iter().map(|(_, t)| t.as_str()).collect();
+    for t in ["0", "1", "2"] {
+        assert!(labels.contains(&t), "tick {t} in {labels:?}");
+    }
+    assert!(
+        !labels.iter().any(|l| *l == "0.5" || *l == "1.5"),
+        "{labels:?}"
+    );
+
+    // A loss on the left and a diversity on the right: each label in its series' colour.
+    let fig = with_intervals();
+    let (svg, _) = fig.render(dir.path(), "twin").unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let texts = svg_texts(&text);
+    let label_colour = |label: &str| -> String {
+        let (tag, _) = texts.iter().find(|(_, t)| t == label).unwrap();
+        let at = tag.find("fill=\"").unwrap() + 6;
+        tag[at..at + 7].to_string()
+    };
+    assert_eq!(label_colour("test loss"), "#0072B2");
+    assert_ne!(label_colour("normalized Distinct-5"), "#000000");
+}
+
+/// Every `<text ...>` tag of an SVG as plotters writes it, with its text (on the next line).
+fn svg_texts(svg: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = svg.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].trim_start().starts_with("<text"))
+        .map(|w| (w[0].to_string(), w[1].trim().to_string()))
+        .collect()
 }

@@ -315,6 +315,16 @@ impl Ordered {
         }
     }
 
+    /// Whether the keys are levels of one numeric binding (`m_r=25`, `ratio=0.5`), drawn
+    /// in an ordered colour scale.
+    fn numeric(&self) -> bool {
+        self.keys.len() > 1
+            && self.keys.iter().all(|k| {
+                k.split_once('=')
+                    .is_some_and(|(b, v)| !b.contains(", ") && v.parse::<f64>().is_ok())
+            })
+    }
+
     fn name(&self, i: usize, names: &[String]) -> String {
         names
             .get(i)
@@ -390,11 +400,14 @@ impl Evidence {
         let range = |v: &[u64]| {
             let lo = v.iter().min().copied().unwrap_or(0);
             let hi = v.iter().max().copied().unwrap_or(0);
-            (if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            }, hi)
+            (
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                },
+                hi,
+            )
         };
         let seeds: Vec<u64> = self.seeds.iter().map(|&n| n as u64).collect();
         let (n, most) = range(&seeds);
@@ -407,7 +420,11 @@ impl Evidence {
         }
         match ci {
             Some(ci) => {
-                let drawn = if self.banded { "bars and bands" } else { "bars" };
+                let drawn = if self.banded {
+                    "bars and bands"
+                } else {
+                    "bars"
+                };
                 parts.push(format!("{drawn}: {ci}"));
             }
             None => parts.push("no intervals".into()),
@@ -472,11 +489,10 @@ fn lines(
     let mut panels: BTreeMap<String, PanelData> = BTreeMap::new();
     let categorical = !o.x_ticks.is_empty();
     // Seeds are averaged unless they are what the figure is drawn over.
-    let by_seed = !o
-        .x
-        .iter()
-        .chain(&o.series)
-        .any(|b| replicates::is_seed_label(b));
+    let by_seed =
+        !o.x.iter()
+            .chain(&o.series)
+            .any(|b| replicates::is_seed_label(b));
     let x_of = |up: &Upstream, panel: &mut PanelData| -> Result<f64, StageError> {
         let (name, v) =
             o.x.iter()
@@ -647,6 +663,7 @@ fn lines(
                     series: right,
                 }),
                 references,
+                ordered: p.left_keys.numeric(),
             },
         });
     }
@@ -770,6 +787,7 @@ fn curves(o: &Settings, y: &[Upstream]) -> Result<Figure, StageError> {
                     x_ticks: None,
                     right: None,
                     references: vec![],
+                    ordered: names.numeric(),
                 },
             }
         })
@@ -805,23 +823,14 @@ fn figure_csv(fig: &Figure) -> String {
     };
     // References have no x, points without an interval no bounds: those
     // cells stay empty.
-    let mut put = |panel: &str,
-                   series: &str,
-                   axis: &str,
-                   x: Option<f64>,
-                   y: f64,
-                   ci: Option<(f64, f64)>| {
-        let x = x.map(|x| x.to_string()).unwrap_or_default();
-        let (lo, hi) = ci.map_or((String::new(), String::new()), |(lo, hi)| {
-            (lo.to_string(), hi.to_string())
-        });
-        let _ = writeln!(
-            out,
-            "{},{},{axis},{x},{y},{lo},{hi}",
-            q(panel),
-            q(series)
-        );
-    };
+    let mut put =
+        |panel: &str, series: &str, axis: &str, x: Option<f64>, y: f64, ci: Option<(f64, f64)>| {
+            let x = x.map(|x| x.to_string()).unwrap_or_default();
+            let (lo, hi) = ci.map_or((String::new(), String::new()), |(lo, hi)| {
+                (lo.to_string(), hi.to_string())
+            });
+            let _ = writeln!(out, "{},{},{axis},{x},{y},{lo},{hi}", q(panel), q(series));
+        };
     for p in &fig.panels {
         match &p.kind {
             PanelKind::Lines {
