@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::executors::{ExecutorArgs, RunInstanceArgs};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "flow",
@@ -53,6 +55,13 @@ pub enum Command {
     Check(ManifestArgs),
     /// List the stage kinds and their parameters
     Kinds(KindsArgs),
+    /// Upload the cache's records and their objects to a remote cache (create-only)
+    Push(crate::remote::TransferArgs),
+    /// Download records and their objects from a remote cache, each object verified
+    Pull(crate::remote::TransferArgs),
+    /// Compute one instance into the cache (what `flow run --executor` jobs run)
+    #[command(hide = true)]
+    RunInstance(RunInstanceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +92,10 @@ pub struct RunArgs {
     /// No progress bars
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteOpts,
 }
 
 #[derive(Args, Debug)]

@@ -16,9 +16,9 @@ use crate::cli::{
 };
 
 /// Exit codes: 0 done, 1 a stage failed, 2 bad input, 130 interrupted.
-const EXIT_FAILED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     let mut registry = Registry::new();
@@ -30,11 +30,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check(&registry, args),
         Command::Gc(args) => gc(&cli.dirs, args),
         Command::Kinds(args) => kinds(&registry, args),
+        Command::Push(args) => crate::remote::push(&registry, &cli.dirs, args),
+        Command::Pull(args) => crate::remote::pull(&registry, &cli.dirs, args),
+        Command::RunInstance(args) => {
+            crate::executors::run_instance_command(&registry, &cli.dirs, args)
+        }
     }
 }
 
 /// A manifest problem is printed with its snippets; the caller exits with 2.
-enum Loaded<T> {
+pub(crate) enum Loaded<T> {
     Ok(T),
     Invalid,
 }
@@ -49,7 +54,10 @@ fn print_invalid(errors: &ManifestErrors) {
     );
 }
 
-fn load(registry: &Registry, args: &ManifestArgs) -> Result<Loaded<(Manifest, flow_engine::Plan)>> {
+pub(crate) fn load(
+    registry: &Registry,
+    args: &ManifestArgs,
+) -> Result<Loaded<(Manifest, flow_engine::Plan)>> {
     let manifest = match Manifest::load(&args.manifest, registry) {
         Ok(m) => m,
         Err(LoadError::Invalid(errors)) => {
@@ -70,12 +78,12 @@ fn load(registry: &Registry, args: &ManifestArgs) -> Result<Loaded<(Manifest, fl
 /// How a command uses the cache: `status` and `show` only read it, so they work on a
 /// read-only or full disk and never race gc over the files they would write.
 #[derive(Clone, Copy)]
-enum Access {
+pub(crate) enum Access {
     ReadWrite,
     ReadOnly,
 }
 
-fn open_cache(dirs: &Dirs, root: &Path, access: Access) -> Result<Cache> {
+pub(crate) fn open_cache(dirs: &Dirs, root: &Path, access: Access) -> Result<Cache> {
     let dir = dirs
         .cache_dir
         .clone()
@@ -87,7 +95,7 @@ fn open_cache(dirs: &Dirs, root: &Path, access: Access) -> Result<Cache> {
     cache.with_context(|| format!("opening the cache at {}", dir.display()))
 }
 
-fn env(dirs: &Dirs, manifest: &Manifest, cache: &Cache) -> Env {
+pub(crate) fn env(dirs: &Dirs, manifest: &Manifest, cache: &Cache) -> Env {
     Env {
         data_dir: dirs.data_dir.clone(),
         models_dir: dirs.models_dir.clone(),
@@ -141,6 +149,19 @@ fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // `--remote`: pull what the plan needs before anything is computed.
+    crate::remote::read_through(
+        &session,
+        &args.remote,
+        &args.stages,
+        &args.force,
+        args.dry_run,
+    )?;
+    let executor =
+        match crate::executors::build(registry, dirs, &session, &args.executor, jobs, &cancel)? {
+            crate::executors::Built::Ok(e) => e,
+            crate::executors::Built::Invalid => return Ok(ExitCode::from(EXIT_USAGE)),
+        };
     let opts = RunOptions {
         jobs,
         targets: args.stages,
@@ -148,6 +169,7 @@ fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
         dry_run: args.dry_run,
         cancel,
         progress: !args.no_progress,
+        executor,
     };
     let report = match flow_engine::run(&session, &opts) {
         Ok(r) => r,
@@ -178,6 +200,9 @@ fn run(registry: &Registry, dirs: &Dirs, args: RunArgs) -> Result<ExitCode> {
         report.failed.len(),
         report.skipped.len()
     );
+    if let Some(line) = opts.executor.as_ref().and_then(|e| e.summary()) {
+        eprintln!("{line}");
+    }
     for (name, err) in &report.failed {
         eprintln!("error: stage `{name}` failed: {err}");
     }
@@ -364,6 +389,7 @@ fn show(registry: &Registry, dirs: &Dirs, args: ShowArgs) -> Result<ExitCode> {
             "metrics": record.as_ref().map(|r| serde_json::Value::Object(r.metrics.clone())),
             "log": record.as_ref().map(|r| r.log.clone()),
             "duration_s": record.as_ref().map(|r| r.duration_s),
+            "executor": record.as_ref().and_then(|r| r.executor.clone()),
             "last_error": failure.map(|f| f.error),
         }));
     }
@@ -399,6 +425,20 @@ fn show(registry: &Registry, dirs: &Dirs, args: ShowArgs) -> Result<ExitCode> {
         print_map("metrics", &s["metrics"]);
         if let Some(d) = s["duration_s"].as_f64() {
             println!("  took:     {d:.2}s");
+        }
+        if let Some(e) = s["executor"].as_object() {
+            let field = |k: &str| e.get(k).and_then(|v| v.as_str());
+            println!(
+                "  computed by: {} job {}{}{}",
+                field("kind").unwrap_or("?"),
+                field("job_id").unwrap_or("?"),
+                field("host")
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default(),
+                field("gpus")
+                    .map(|g| format!(" (GPUs {g})"))
+                    .unwrap_or_default()
+            );
         }
         if let Some(err) = s["last_error"].as_str() {
             println!("  last error: {err}");
@@ -483,28 +523,36 @@ fn gc(dirs: &Dirs, args: GcArgs) -> Result<ExitCode> {
             report.young_kept, args.grace
         );
     }
-    // The generation journals under `<cache>/journal`: only readable lines, the last
-    // answer per key (a journal open in a running `flow run` is left alone).
+    // The generation journals under `<cache>/journal`: the base and the finished
+    // segments merged, only readable lines, the last answer per key; the segments of
+    // running writers (and other hosts' younger than the grace) are left alone.
     for (path, r) in flow_generate::Journal::compact_all(
         &cache.root().join(flow_cache::Area::Journal.dir_name()),
         args.dry_run,
+        std::time::Duration::from_secs(args.grace),
     )? {
-        if r.busy {
-            println!("journal {}: in use, not compacted", path.display());
+        if r.locked {
+            println!(
+                "journal {}: another compaction holds it, not compacted",
+                path.display()
+            );
             continue;
         }
+        let (drop_verb, merge_verb) = if args.dry_run {
+            ("would drop", "would merge")
+        } else {
+            ("dropped", "merged")
+        };
         println!(
-            "journal {}: {}{} lines ({} unreadable, {} superseded); kept {} answers",
+            "journal {}: {drop_verb} {} lines ({} unreadable, {} superseded); kept {} answers; \
+             {merge_verb} {} finished segments, left {} live",
             path.display(),
-            if args.dry_run {
-                "would drop "
-            } else {
-                "dropped "
-            },
             r.dropped(),
             r.skipped,
             r.superseded,
-            r.kept
+            r.kept,
+            r.segments_merged,
+            r.segments_live
         );
     }
     Ok(ExitCode::SUCCESS)

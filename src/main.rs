@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+mod executors;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -46,6 +48,8 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in files (job logs).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -56,8 +56,14 @@ min_yield = 0.0
 
 /// key -> completion JSON, and the number of complete lines.
 fn journal(p: &Project) -> (BTreeMap<String, String>, usize) {
-    let path = p.cache_dir().join("journal/generate/journal.jsonl");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The base and every writer's segment; a newline after each file keeps a torn last
+    // line from running into the next file.
+    let dir = p.cache_dir().join("journal/generate");
+    let text: String = flow_generate::Journal::files(&dir)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default() + "\n")
+        .collect();
     let mut map = BTreeMap::new();
     let mut lines = 0;
     for line in text.lines() {

@@ -332,8 +332,11 @@ fn a_manifest_runs_on_an_openai_compatible_server_and_reruns_from_the_journal() 
     );
     assert!(u(&pool, "topics") >= 2, "{pool:?}");
     assert_eq!(u(&stories, "asked"), 4);
-    let journal = std::fs::read_to_string(p.cache_dir().join("journal/generate/journal.jsonl"))
-        .expect("the journal");
+    let journal: String = flow_generate::Journal::files(&p.cache_dir().join("journal/generate"))
+        .expect("the journal")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("a journal file"))
+        .collect();
     assert!(
         u(&stories, "n") >= 1,
         "no story parsed; the answers:\n{journal}"

@@ -38,6 +38,7 @@ fn stand_in(key: &str, name: &str) -> Record {
         log: Vec::new(),
         started_unix: 0.0,
         duration_s: 0.0,
+        executor: None,
     }
 }
 

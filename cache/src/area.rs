@@ -19,17 +19,22 @@ pub enum Area {
     /// Datasets downloaded from the Hugging Face hub, by repository and revision, verified
     /// against the hub's checksums. Kept across runs; safe to delete (they download again).
     Downloads,
+    /// Scripts and logs of the jobs `flow run --executor slurm|process` starts, one folder
+    /// per run. On a shared cache the nodes write their logs here. Safe to delete between
+    /// runs.
+    Jobs,
 }
 
 impl Area {
     /// Every area.
-    pub const ALL: [Area; 2] = [Area::Journal, Area::Downloads];
+    pub const ALL: [Area; 3] = [Area::Journal, Area::Downloads, Area::Jobs];
 
     /// The area's folder under the cache root (its name carries its format version).
     pub fn dir_name(self) -> &'static str {
         match self {
             Area::Journal => "journal",
             Area::Downloads => "downloads",
+            Area::Jobs => "jobs",
         }
     }
 }

@@ -247,9 +247,7 @@ impl Sweep<'_> {
                 if !hash::is_valid_hash(&hash) {
                     continue; // not ours: leave it alone
                 }
-                if keep.contains(&hash) {
-                    self.report.objects_kept += 1;
-                } else if self.young(&entry.path()) {
+                if keep.contains(&hash) || self.young(&entry.path()) {
                     self.report.objects_kept += 1;
                 } else {
                     self.report.bytes_freed += self.remove(&entry.path())?;

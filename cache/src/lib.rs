@@ -14,6 +14,7 @@
 //! stat-cache.json         (path, size, mtime, inode, ctime) -> hash of external files
 //! journal/                Area::Journal: answers of generation requests, by request
 //! downloads/              Area::Downloads: files fetched from the Hugging Face hub
+//! jobs/                   Area::Jobs: scripts and logs of `flow run --executor` jobs
 //! ```
 //!
 //! Everything that is read by another process is written to `tmp/` first, fsynced, then
@@ -44,7 +45,7 @@ pub use gc::{GcReport, DEFAULT_GRACE as GC_GRACE};
 pub use hash::{hash_bytes, is_valid_hash, Hash};
 pub use lock::{KeyLock, RunGuard};
 pub use objects::ObjectState;
-pub use records::{Failure, InputRef, KeyFields, OutputRef, Record, RecordState};
+pub use records::{Executed, Failure, InputRef, KeyFields, OutputRef, Record, RecordState};
 pub use refs::Refs;
 
 /// The temporary file of a `VERSION` being written, in the cache root.

@@ -50,6 +50,15 @@ impl Cache {
         Ok(KeyLock { _file: file })
     }
 
+    /// Takes the lock for `key` if nobody holds it: `Ok(None)` when another handle (or
+    /// process) does. A job computing a key for a controller that holds its lock uses it to
+    /// take the lock over if the controller is gone.
+    pub fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>, CacheError> {
+        hash::check("key", key)?;
+        let path = self.lock_path(&format!("key-{key}.lock"));
+        Ok(try_lock_exclusive(&path)?.map(|file| KeyLock { _file: file }))
+    }
+
     /// Takes the run lock shared, for the whole of a run (waits while gc runs).
     pub fn run_guard(&self) -> Result<RunGuard, CacheError> {
         let path = self.lock_path(RUN_LOCK);
@@ -141,6 +150,18 @@ mod tests {
             let saw_release = acquired_rx.recv_timeout(Duration::from_secs(30)).unwrap();
             assert!(saw_release);
         });
+    }
+
+    #[test]
+    fn try_lock_key_fails_while_another_holds_it() {
+        let (_d, c) = cache();
+        let key = hash_bytes(b"key");
+        let first = c.lock_key(&key).unwrap();
+        assert!(c.try_lock_key(&key).unwrap().is_none());
+        drop(first);
+        let second = c.try_lock_key(&key).unwrap();
+        assert!(second.is_some());
+        assert!(c.try_lock_key(&key).unwrap().is_none());
     }
 
     #[test]

@@ -52,6 +52,25 @@ pub struct Record {
     pub started_unix: f64,
     /// How long it took.
     pub duration_s: f64,
+    /// Where it was computed when not in the `flow run` that planned it: a Slurm job or a
+    /// child process (`flow run --executor`). Absent for instances computed in the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executed>,
+}
+
+/// The job that computed a record (`"executor": {"kind": "slurm", "job_id": "123", ...}`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Executed {
+    /// The executor: `slurm` or `process`.
+    pub kind: String,
+    /// Slurm's job id, or the child's process id.
+    pub job_id: String,
+    /// The machine the job ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The GPUs the job was given (its `CUDA_VISIBLE_DEVICES`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<String>,
 }
 
 /// An upstream instance a record used.
@@ -162,6 +181,21 @@ impl Cache {
         fsio::write_json_atomic(&self.tmp_dir(), &path, record)
     }
 
+    /// The keys that have a record file (`records/<key>.json`), sorted. Names that are not a
+    /// key are left out; whether each record reads is [`Cache::read_record`]'s to say.
+    pub fn record_keys(&self) -> Result<Vec<Hash>, CacheError> {
+        let mut keys: Vec<Hash> = fsio::list_dir(&self.dir("records"))?
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let key = name.strip_suffix(".json")?;
+                hash::is_valid_hash(key).then(|| key.to_string())
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Removes the record of `key` (fine if there is none).
     pub fn remove_record(&self, key: &str) -> Result<(), CacheError> {
         fsio::remove_file_if_present(&self.record_path(key)?)
@@ -246,6 +280,7 @@ pub(crate) mod tests {
             log: vec!["line one".into(), "ünïcode ✓".into()],
             started_unix: 1_700_000_000.123_456,
             duration_s: 0.1 + 0.2,
+            executor: None,
         }
     }
 
@@ -330,6 +365,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_names_the_job_that_computed_it() {
+        let (_d, c) = cache();
+        let key = hash_bytes(b"key");
+        let mut rec = record(&key, &[]);
+        let plain = serde_json::to_value(&rec).unwrap();
+        assert!(plain.get("executor").is_none(), "{plain}");
+        rec.executor = Some(Executed {
+            kind: "slurm".into(),
+            job_id: "123".into(),
+            host: Some("node7".into()),
+            gpus: None,
+        });
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            json["executor"],
+            serde_json::json!({"kind": "slurm", "job_id": "123", "host": "node7"})
+        );
+        c.write_record(&rec).unwrap();
+        assert_eq!(c.read_record(&key), RecordState::Ok(rec));
+    }
+
+    #[test]
     fn failures_with_and_without_key_fields_read() {
         let key = hash_bytes(b"key");
         let base = format!(
@@ -379,6 +436,21 @@ pub(crate) mod tests {
         c.remove_record(&key).unwrap();
         c.remove_record(&key).unwrap();
         assert_eq!(c.read_record(&key), RecordState::Missing);
+    }
+
+    #[test]
+    fn record_keys_lists_the_records_and_nothing_else() {
+        let (_d, c) = cache();
+        assert!(c.record_keys().unwrap().is_empty());
+        let (a, b) = (hash_bytes(b"a"), hash_bytes(b"b"));
+        for key in [&b, &a] {
+            c.write_record(&record(key, &[])).unwrap();
+        }
+        fs::write(c.dir("records").join("notes.txt"), b"x").unwrap();
+        fs::write(c.dir("records").join("ABC.json"), b"{}").unwrap();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(c.record_keys().unwrap(), want);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! name (`[models.*]`, `[generators.*]`: [`resource::ResourceKind`]).
 
 pub mod diag;
+pub mod executor;
+pub mod instance;
 pub mod key;
 pub mod manifest;
 pub mod plan;
@@ -25,7 +27,9 @@ mod testkit;
 pub mod value;
 
 pub use diag::{Diagnostic, ManifestErrors};
+pub use executor::Executor;
 pub use flow_cache::Area;
+pub use instance::{run_instance, InstanceError, InstanceOptions, InstanceOutcome};
 pub use manifest::{LoadError, Manifest};
 pub use plan::{plan, Instance, Plan};
 pub use reason::{Change, StaleReason};

@@ -8,16 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use flow_cache::{CacheError, Failure, ObjectState, OutputRef, Record};
+use flow_cache::{CacheError, Executed, Failure, ObjectState, OutputRef, Record};
 
 use crate::diag::near_miss;
+use crate::executor::{Executor, Job};
 use crate::progress::Bars;
 use crate::publish::publish;
 use crate::schedule;
-use crate::session::{Cached, Session};
+use crate::session::{Cached, Keyed, Session};
 use crate::stage::{CancelToken, Context, StageError, Threads};
 use crate::status::{evaluate, State};
 
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub cancel: CancelToken,
     /// Draw progress bars (when stderr is a terminal).
     pub progress: bool,
+    /// Where the instances it delegates are computed (`--executor slurm|process`); the
+    /// others, and all of them without one, are computed in this process.
+    pub executor: Option<Arc<dyn Executor>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +80,7 @@ enum Slot {
     Skipped,
 }
 
-enum Finished {
+pub(crate) enum Finished {
     Cached(Box<Record>),
     Ran(Box<Record>),
     /// The key is known unless computing it failed; it roots the instance's
@@ -208,28 +212,41 @@ fn dispatch(
         .count() as u64;
     let bars = Bars::new(opts.progress && total > 0, total);
     let unblocks = schedule::unblocked_counts(plan, selected);
-    let weight_of = |i: usize| {
+    let threads_of = |i: usize| {
         let inst = &plan.instances[i];
-        match session
+        session
             .stage_of(inst)
             .threads(&inst.params, &plan.resources)
-        {
-            Threads::One => 1,
-            Threads::Exactly(k) => k.clamp(1, jobs),
-            Threads::All => jobs,
-        }
     };
+    let weight_of = |i: usize| match threads_of(i) {
+        Threads::One => 1,
+        Threads::Exactly(k) => k.clamp(1, jobs),
+        Threads::All => jobs,
+    };
+    // Instances that go to the executor's jobs take a job slot, not local cores.
+    let executor = opts.executor.as_deref();
+    let delegated: Vec<bool> = (0..n)
+        .map(|i| executor.is_some_and(|e| e.delegates(&plan.instances[i].kind, threads_of(i))))
+        .collect();
+    let max_jobs = executor.map_or(0, |e| e.max_jobs().max(1));
     let mut free = jobs;
+    let mut in_flight = 0usize;
     let mut running = 0usize;
     let (tx, rx) = mpsc::channel::<(usize, usize, Finished)>();
 
     std::thread::scope(|scope| {
         loop {
             // Start ready instances, most unblocking first, while they fit in the free
-            // cores (one always starts when nothing runs, whatever its weight).
+            // cores or job slots (one always starts when nothing runs, whatever its weight).
             while !opts.cancel.is_cancelled() {
-                let Some(pos) = schedule::pick(&ready, &unblocks, weight_of, free, running == 0)
-                else {
+                let fits = |i: usize| {
+                    if delegated[i] {
+                        in_flight < max_jobs
+                    } else {
+                        weight_of(i) <= free
+                    }
+                };
+                let Some(pos) = schedule::pick(&ready, &unblocks, fits, running == 0) else {
                     break;
                 };
                 let i = ready.remove(pos);
@@ -242,13 +259,27 @@ fn dispatch(
                     })
                     .collect();
                 slots[i] = Slot::Running;
-                free = free.saturating_sub(weight);
+                if delegated[i] {
+                    in_flight += 1;
+                } else {
+                    free = free.saturating_sub(weight);
+                }
                 running += 1;
                 let tx = tx.clone();
                 let force = forced[i];
                 let bars = &bars;
+                let executor = if delegated[i] { executor } else { None };
                 scope.spawn(move || {
-                    let result = execute(session, i, &upstream, force, weight, &opts.cancel, bars);
+                    let work = Work {
+                        session,
+                        i,
+                        upstream: &upstream,
+                        force,
+                        threads: weight,
+                        cancel: &opts.cancel,
+                        bars,
+                    };
+                    let result = execute(&work, executor);
                     let _ = tx.send((i, weight, result));
                 });
             }
@@ -259,7 +290,11 @@ fn dispatch(
                 break;
             };
             running -= 1;
-            free += weight;
+            if delegated[i] {
+                in_flight -= 1;
+            } else {
+                free += weight;
+            }
             bars.finish_one();
             let name = plan.instances[i].name.clone();
             let ok = match result {
@@ -269,7 +304,12 @@ fn dispatch(
                     true
                 }
                 Finished::Ran(r) => {
-                    bars.println(&format!("  ran  {name} ({:.1}s)", r.duration_s));
+                    let via = r
+                        .executor
+                        .as_ref()
+                        .map(|e| format!(", {} job {}", e.kind, e.job_id))
+                        .unwrap_or_default();
+                    bars.println(&format!("  ran  {name} ({:.1}s{via})", r.duration_s));
                     report.ran.push(name);
                     slots[i] = Slot::Done(r);
                     true
@@ -432,17 +472,24 @@ fn resolve_names(session: &Session<'_>, names: &[String]) -> Result<Option<Vec<u
     Ok(Some(out))
 }
 
-fn execute(
-    session: &Session<'_>,
-    i: usize,
-    upstream: &BTreeMap<usize, Record>,
-    force: bool,
-    threads: usize,
-    cancel: &CancelToken,
-    bars: &Bars,
-) -> Finished {
-    let inst = &session.plan.instances[i];
-    let keyed = match session.key(i, upstream) {
+/// One instance to bring up to date, with what it needs.
+pub(crate) struct Work<'a, 's> {
+    pub session: &'a Session<'s>,
+    pub i: usize,
+    /// The records of its distinct upstream instances.
+    pub upstream: &'a BTreeMap<usize, Record>,
+    /// Recompute even if the cache holds its key.
+    pub force: bool,
+    pub threads: usize,
+    pub cancel: &'a CancelToken,
+    pub bars: &'a Bars,
+}
+
+/// Brings one instance up to date: its key, then the cache, else (holding the key's lock,
+/// so concurrent runs compute it once) computes it here or in a job of `executor`.
+fn execute(work: &Work<'_, '_>, executor: Option<&dyn Executor>) -> Finished {
+    let session = work.session;
+    let keyed = match session.key(work.i, work.upstream) {
         Ok(k) => k,
         Err(e) => {
             return Finished::Failed {
@@ -451,11 +498,7 @@ fn execute(
             }
         }
     };
-    let fail = |error: String| Finished::Failed {
-        error,
-        key: Some(keyed.key.clone()),
-    };
-    if !force {
+    if !work.force {
         if let Cached::Fresh(r) = session.cached(&keyed.key) {
             return Finished::Cached(r);
         }
@@ -463,21 +506,133 @@ fn execute(
     // Another `flow run` may be computing this key: wait for it, then reuse.
     let _lock = match session.cache.lock_key(&keyed.key) {
         Ok(l) => l,
-        Err(e) => return fail(e.to_string()),
-    };
-    match session.cached(&keyed.key) {
-        Cached::Fresh(r) if !force => return Finished::Cached(r),
-        Cached::Damaged { record, .. } => {
-            // Drop damaged objects so the rerun stores good copies.
-            for out in record.outputs.values() {
-                if let ObjectState::Corrupt { .. } = session.cache.check_object(&out.hash) {
-                    let _ = session.cache.remove_object(&out.hash);
-                }
+        Err(e) => {
+            return Finished::Failed {
+                error: e.to_string(),
+                key: Some(keyed.key),
             }
         }
-        _ => {}
+    };
+    if !work.force {
+        if let Cached::Fresh(r) = session.cached(&keyed.key) {
+            return Finished::Cached(r);
+        }
     }
+    match executor {
+        Some(executor) => delegate(work, &keyed, executor),
+        None => compute(work, &keyed, None, Vec::new()),
+    }
+}
 
+/// Computes an instance in a job of `executor` (the key's lock held here): the job
+/// re-plans, checks that it finds the same key, and writes the record; success is that
+/// record in the cache.
+fn delegate(work: &Work<'_, '_>, keyed: &Keyed, executor: &dyn Executor) -> Finished {
+    let session = work.session;
+    let inst = &session.plan.instances[work.i];
+    let fail = |error: String| {
+        let _ = session.cache.write_failure(&Failure {
+            key: keyed.key.clone(),
+            stage: inst.stage.clone(),
+            instance: inst.name.clone(),
+            error: error.clone(),
+            unix: unix_now(),
+            key_fields: Some(keyed.key_fields.clone()),
+        });
+        Finished::Failed {
+            error,
+            key: Some(keyed.key.clone()),
+        }
+    };
+    // Rooted before the job starts, so `flow gc` keeps the job's checkpoints.
+    let rooted = session.cache.update_refs(&session.scope, |refs| {
+        set_scope(session, refs);
+        refs.running.insert(inst.name.clone(), keyed.key.clone());
+    });
+    if let Err(e) = rooted {
+        return fail(e.to_string());
+    }
+    let progress = work.bars.stage(&inst.name);
+    let job = Job {
+        instance: &inst.name,
+        kind: &inst.kind,
+        key: &keyed.key,
+        force: work.force,
+        threads: work.threads,
+        cancel: work.cancel,
+        progress: &progress,
+    };
+    let outcome = executor.run(&job);
+    drop(progress);
+    // A forced job that failed may leave the record it was to replace: not a success.
+    let record = match session.cached(&keyed.key) {
+        Cached::Fresh(r) if outcome.is_ok() || !work.force => r,
+        _ => {
+            return fail(match outcome {
+                Ok(job_id) => format!(
+                    "{} job {job_id} for `{}` exited successfully but left no record of key {} \
+                     in the cache {} (does the job see the same cache?)",
+                    executor.name(),
+                    inst.name,
+                    keyed.key,
+                    session.cache.root().display()
+                ),
+                Err(e) => e.to_string(),
+            })
+        }
+    };
+    if let Err(e) = &outcome {
+        tracing::warn!("{e}; its record is in the cache all the same");
+    }
+    let rooted = session.cache.update_refs(&session.scope, |refs| {
+        set_scope(session, refs);
+        refs.instances.insert(inst.name.clone(), keyed.key.clone());
+        refs.running.remove(&inst.name);
+    });
+    if let Err(e) = rooted {
+        tracing::warn!("rooting {} in the refs: {e}", inst.name);
+    }
+    Finished::Ran(record)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Computes an instance in this process, its key's lock held: checks its inputs, runs the
+/// stage, stores the outputs and writes the record (naming `executed`, the job this is,
+/// if any; `preamble` opens its log).
+pub(crate) fn compute(
+    work: &Work<'_, '_>,
+    keyed: &Keyed,
+    executed: Option<Executed>,
+    preamble: Vec<String>,
+) -> Finished {
+    let Work {
+        session,
+        i,
+        upstream,
+        threads,
+        cancel,
+        bars,
+        ..
+    } = *work;
+    let inst = &session.plan.instances[i];
+    let fail = |error: String| Finished::Failed {
+        error,
+        key: Some(keyed.key.clone()),
+    };
+    if let Cached::Damaged { record, .. } = session.cached(&keyed.key) {
+        // Drop damaged objects so the rerun stores good copies.
+        for out in record.outputs.values() {
+            if let ObjectState::Corrupt { .. } = session.cache.check_object(&out.hash) {
+                let _ = session.cache.remove_object(&out.hash);
+            }
+        }
+    }
     // Status trusts an object's (size, mtime) stamp; what a stage reads is
     // rehashed in full first. A damaged input is removed so the next run
     // recomputes it.
@@ -532,10 +687,7 @@ fn execute(
         .collect();
     let progress = bars.stage(&inst.name);
     let started = Instant::now();
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let started_unix = unix_now();
     let mut ctx = Context::new(
         &inst.name,
         &inst.params,
@@ -556,7 +708,8 @@ fn execute(
             panic_message(&panic)
         )))
     });
-    let log = ctx.take_log();
+    let mut log = preamble;
+    log.extend(ctx.take_log());
     drop(progress);
     let failure = |error: String| {
         let _ = session.cache.write_failure(&Failure {
@@ -600,6 +753,7 @@ fn execute(
         log,
         started_unix,
         duration_s: started.elapsed().as_secs_f64(),
+        executor: executed,
     };
     if let Err(e) = session.cache.write_record(&record) {
         return failure(format!("writing the stage record: {e}"));

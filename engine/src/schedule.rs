@@ -33,14 +33,13 @@ pub fn unblocked_counts(plan: &Plan, selected: &[bool]) -> Vec<usize> {
 }
 
 /// The position in `ready` of the instance to start now, if any: the highest priority among
-/// those whose weight fits in `free` cores (the earliest on ties, so runs are repeatable);
-/// when nothing runs, the highest priority whatever its weight, since it has all the cores
-/// there are.
+/// those that `fit` (in the free cores, or the free job slots of an executor; the earliest
+/// on ties, so runs are repeatable); when nothing runs (`idle`), the highest priority
+/// whatever its weight, since it has all the cores there are.
 pub fn pick(
     ready: &[usize],
     priority: &[usize],
-    weight: impl Fn(usize) -> usize,
-    free: usize,
+    fits: impl Fn(usize) -> bool,
     idle: bool,
 ) -> Option<usize> {
     let best = |fits: &dyn Fn(usize) -> bool| {
@@ -52,13 +51,11 @@ pub fn pick(
         }
         best
     };
-    best(&|i| weight(i) <= free).or_else(|| if idle { best(&|_| true) } else { None })
+    best(&fits).or_else(|| if idle { best(&|_| true) } else { None })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
-
     // Instances 0..4 with these priorities; weights: 0 and 1 take both cores, 2 and 3 one.
     const PRIORITY: [usize; 4] = [5, 1, 9, 0];
     fn weight(i: usize) -> usize {
@@ -67,6 +64,17 @@ mod tests {
         } else {
             1
         }
+    }
+
+    /// [`super::pick`] with `free` cores.
+    fn pick(
+        ready: &[usize],
+        priority: &[usize],
+        w: fn(usize) -> usize,
+        free: usize,
+        idle: bool,
+    ) -> Option<usize> {
+        super::pick(ready, priority, |i| w(i) <= free, idle)
     }
 
     #[test]

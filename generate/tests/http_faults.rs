@@ -581,13 +581,16 @@ fn kill_9_mid_batch_loses_no_answer_and_pays_for_none_twice() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let path = dir.path().join("journal.jsonl");
+    // Lines over every journal file (the base and each writer's segment).
+    let journaled = || -> usize {
+        Journal::files(dir.path())
+            .unwrap_or_default()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).map_or(0, |t| t.lines().count()))
+            .sum()
+    };
     let t0 = Instant::now();
-    while std::fs::read_to_string(&path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 12
-    {
+    while journaled() < 12 {
         assert!(child.try_wait().unwrap().is_none(), "the child ended early");
         assert!(t0.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(5));

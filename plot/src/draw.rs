@@ -85,6 +85,8 @@ const REFERENCE_GREY: RGBColor = RGBColor(90, 90, 90);
 struct Colours {
     ordered: bool,
     series: usize,
+    /// The left axis' description in this colour (a lone series'), else black.
+    y_ink: Option<RGBColor>,
 }
 
 impl Colours {
@@ -201,6 +203,7 @@ fn draw<DB: DrawingBackend>(fig: &Figure, root: DrawingArea<DB, Shift>) -> Res {
                 Colours {
                     ordered: *ordered,
                     series: series.len(),
+                    y_ink: None,
                 },
             )?,
             PanelKind::Histogram { samples, bins } => {
@@ -414,7 +417,7 @@ fn lines<DB: DrawingBackend>(
             .build_cartesian_2d(x_range.clone(), y_range)
             .map_err(err)?;
         left_side(
-            &mut chart, panel, series, x_ticks, references, &x_range, &colours, None,
+            &mut chart, panel, series, x_ticks, references, &x_range, &colours,
         )?;
         return legend(&mut chart, corner);
     };
@@ -438,8 +441,12 @@ fn lines<DB: DrawingBackend>(
     let single = |n: usize, c: RGBColor| (n == 1 && !paired).then_some(c);
     let left_ink = single(series.len(), colours.series(0));
     let right_ink = single(right.series.len(), right_colour(0)).unwrap_or(BLACK);
+    let colours = Colours {
+        y_ink: left_ink,
+        ..colours
+    };
     left_side(
-        &mut dual, panel, series, x_ticks, references, &x_range, &colours, left_ink,
+        &mut dual, panel, series, x_ticks, references, &x_range, &colours,
     )?;
     let y_fmt = |v: &f64| tick_label(*v);
     dual.configure_secondary_axes()
@@ -530,8 +537,8 @@ fn left_side<'a, DB: DrawingBackend + 'a>(
     references: &[Reference],
     x_range: &Range<f64>,
     colours: &Colours,
-    y_ink: Option<RGBColor>,
 ) -> Res {
+    let y_ink = colours.y_ink;
     let integers = integer_axis(xs(series));
     let tick_names = |v: &f64| -> String {
         match x_ticks {

@@ -5,6 +5,8 @@
 //! set to anything but ``, `0` or `false` (`.ci/run` sets it), else `CI` set likewise;
 //! `FLOW_REQUIRE_DATA=0` skips even on CI.
 
+pub mod moto;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -53,6 +53,12 @@ pub struct TrainConfig {
     /// OPT's 0.1), as PyTorch does in training mode.
     #[serde(default = "yes")]
     pub model_dropout: bool,
+    /// Train exactly this many optimizer steps, cycling through the data
+    /// in reshuffled epochs (the last one partial), instead of `epochs`
+    /// full passes: runs on data sets of different sizes then get the same
+    /// optimization budget.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -78,6 +84,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 50,
             model_dropout: true,
+            max_steps: None,
         }
     }
 }
@@ -85,6 +92,13 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn steps_per_epoch(&self, n: usize) -> usize {
         n.div_ceil(self.batch_size).div_ceil(self.grad_accum)
+    }
+
+    /// Optimizer steps of a run on `n` examples: `max_steps` where set,
+    /// else `epochs` full passes.
+    pub fn total_steps(&self, n: usize) -> usize {
+        self.max_steps
+            .unwrap_or_else(|| self.steps_per_epoch(n) * self.epochs)
     }
 
     /// Learning rate of optimizer step `step` (0-based) of `total`.
@@ -198,8 +212,7 @@ pub fn train(
             .map(|(_, v)| v.zeros_like())
             .collect::<candle_core::Result<_>>()?,
     };
-    let per_epoch = cfg.steps_per_epoch(seqs.len());
-    let total = per_epoch * cfg.epochs;
+    let total = cfg.total_steps(seqs.len());
     let mut report = TrainReport {
         losses: Vec::new(),
         steps: total,
@@ -218,8 +231,14 @@ pub fn train(
     }
     let start = Instant::now();
     let mut step = 0usize;
-    for epoch in 0..cfg.epochs {
+    // Epochs until `total` steps are taken: `epochs` of them, or as many as
+    // `max_steps` needs (every epoch has at least one step: seqs is not empty).
+    let mut epoch = 0;
+    'run: while step < total {
         for group in epoch_plan(cfg, seqs.len(), epoch) {
+            if step >= total {
+                break 'run;
+            }
             if step < done {
                 step += 1;
                 continue;
@@ -290,6 +309,7 @@ pub fn train(
                 }
             }
         }
+        epoch += 1;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -389,6 +409,82 @@ pub fn eval_sum(
         monitor.step(i + 1, chunks.len(), 0.0, 0.0);
     }
     Ok((sum, count))
+}
+
+/// Each sequence's scored-token cross-entropies, in position order, in the
+/// order of `seqs`: what [`eval_sum`] sums, kept apart per token so that
+/// callers can report each example and split off its end token
+/// ([`crate::data::Scored`]). Batched as [`eval_sum`] (sorted by length,
+/// one forward pass a batch); `monitor` sees one step a batch.
+pub fn token_losses(
+    model: &dyn CausalLm,
+    lora: Option<&Lora>,
+    seqs: &[(Vec<u32>, Vec<bool>)],
+    batch_size: usize,
+    pad: u32,
+    monitor: &dyn Monitor,
+) -> Result<Vec<Vec<f64>>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].0.len());
+    let mut out = vec![Vec::new(); seqs.len()];
+    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    for (step, chunk) in chunks.iter().enumerate() {
+        if monitor.stop() {
+            return Err(Stopped.into());
+        }
+        let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+        let batch = Batch::new(&items, pad, model.device())?;
+        if batch.n_labels > 0 {
+            let losses = batch_token_losses(model, lora, &batch)?;
+            // Batch::new lists the scored positions example by example.
+            let mut at = 0;
+            for (&i, (toks, target)) in chunk.iter().zip(&items) {
+                let n = (1..toks.len()).filter(|&j| target[j]).count();
+                let Some(mine) = losses.get(at..at + n) else {
+                    invalid!(
+                        "internal: {} scored tokens in a batch of more",
+                        losses.len()
+                    );
+                };
+                out[i] = mine.to_vec();
+                at += n;
+            }
+            if at != losses.len() {
+                invalid!(
+                    "internal: {} scored tokens in a batch of {at}",
+                    losses.len()
+                );
+            }
+        }
+        monitor.step(step + 1, chunks.len(), 0.0, 0.0);
+    }
+    Ok(out)
+}
+
+/// The cross-entropy of every scored token of a batch, in the batch's order
+/// (as [`CausalLm::loss_sum`] computes them before summing; in f32 at least).
+fn batch_token_losses(
+    model: &dyn CausalLm,
+    lora: Option<&Lora>,
+    batch: &Batch,
+) -> Result<Vec<f64>> {
+    use candle_core::D;
+    let hidden = model.hidden(&batch.ids, lora, None)?;
+    let picked = hidden.index_select(&batch.positions, 0)?;
+    let logits = crate::ops::frozen_linear(&picked, model.lm_head())?;
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits,
+        _ => logits.to_dtype(DType::F32)?,
+    };
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let label = shifted.gather(&batch.labels.unsqueeze(1)?, 1)?;
+    let losses: Tensor = (lse - label)?.squeeze(1)?;
+    Ok(losses
+        .to_dtype(DType::F64)?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f64>()?)
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT).

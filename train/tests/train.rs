@@ -244,3 +244,95 @@ fn learning_rate_schedules() {
     c.schedule = Schedule::Constant;
     assert_eq!(c.lr_at(9, 10), 1e-4);
 }
+
+/// `max_steps` trains exactly that many optimizer steps, cycling through
+/// the data in epochs: 20 sequences in micro-batches of 4, 2 per step, are
+/// 3 steps an epoch, so 7 steps are two epochs and one step of a third. A
+/// budget of two full epochs is the 2-epoch run, bit for bit (same data
+/// order, same schedule).
+#[test]
+fn max_steps_trains_exactly_that_many_steps() {
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    let model = Llama::random(cfg.clone(), 5, &dev).unwrap();
+    let data = seqs(20, cfg.vocab_size as u32, 6);
+    let run = |tc: &TrainConfig| {
+        let lora = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
+        let report = trainer::train(&model, &lora, &data, tc, 0, None, &Quiet).unwrap();
+        (report, final_state(&lora))
+    };
+    let mut tc = tiny_train_config(1);
+    assert_eq!(tc.steps_per_epoch(data.len()), 3);
+    for n in [1, 2, 7] {
+        tc.max_steps = Some(n);
+        assert_eq!(tc.total_steps(data.len()), n);
+        let (report, _) = run(&tc);
+        assert_eq!((report.steps, report.steps_run), (n, n));
+        let steps: Vec<usize> = report.losses.iter().map(|l| l.0).collect();
+        assert_eq!(steps, (1..=n).collect::<Vec<_>>());
+    }
+    tc.max_steps = Some(6);
+    let (budget, a) = run(&tc);
+    let (epochs, b) = run(&tiny_train_config(2));
+    assert_eq!(epochs.steps, 6);
+    assert_eq!(budget.losses, epochs.losses);
+    assert_eq!(a, b);
+}
+
+/// A run with `max_steps` stopped inside its partial last epoch resumes to
+/// the uninterrupted result.
+#[test]
+fn max_steps_resumes_across_epochs() {
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    let model = Llama::random(cfg.clone(), 5, &dev).unwrap();
+    let data = seqs(20, cfg.vocab_size as u32, 6);
+    let mut tc = tiny_train_config(1);
+    tc.max_steps = Some(8);
+    let lora_a = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
+    let full = trainer::train(&model, &lora_a, &data, &tc, 0, None, &Quiet).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lora_b = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
+    let stop = StopAfter {
+        steps: Cell::new(0),
+        limit: 7,
+    };
+    assert!(trainer::train(&model, &lora_b, &data, &tc, 0, Some(dir.path()), &stop).is_err());
+    let lora_c = Lora::init(&cfg.targets(), &tc.lora, 7, &dev).unwrap();
+    let resumed = trainer::train(&model, &lora_c, &data, &tc, 0, Some(dir.path()), &Quiet).unwrap();
+    assert_eq!((resumed.resumed_from, resumed.steps_run), (7, 1));
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(final_state(&lora_c), final_state(&lora_a));
+}
+
+/// Per-token losses are what `eval_sum` sums (the same tokens, the same
+/// total), and splitting off each sequence's last scored token as its end
+/// token keeps the identity with-end sum = text sum + end loss.
+#[test]
+fn token_losses_add_up_to_eval_sum_and_split_off_the_end_token() {
+    use flow_train::data::Scored;
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    let model = Llama::random(cfg.clone(), 3, &dev).unwrap();
+    let data = seqs(9, cfg.vocab_size as u32, 4);
+    let per = trainer::token_losses(&model, None, &data, 4, 0, &Quiet).unwrap();
+    let (sum, count) = trainer::eval_sum(&model, None, &data, 4, 0, &Quiet).unwrap();
+    assert_eq!(per.len(), data.len());
+    for (losses, (ids, target)) in per.iter().zip(&data) {
+        assert_eq!(losses.len(), (1..ids.len()).filter(|&j| target[j]).count());
+        assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0));
+    }
+    let total: f64 = per.iter().flatten().sum();
+    assert_eq!(per.iter().map(Vec::len).sum::<usize>(), count);
+    assert!((total - sum).abs() <= 1e-5 * sum, "{total} vs {sum}");
+    for losses in &per {
+        let s = Scored::of(losses, true);
+        let last = *losses.last().unwrap();
+        assert_eq!(s.end, Some(last));
+        assert_eq!(s.text_tokens + 1, losses.len());
+        let (with_end, n) = s.with_end();
+        assert_eq!(n, losses.len());
+        assert!((with_end - (s.text_sum + last)).abs() < 1e-12);
+        assert!((with_end - losses.iter().sum::<f64>()).abs() < 1e-9);
+    }
+}

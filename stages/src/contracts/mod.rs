@@ -11,7 +11,7 @@
 //! | [`adapter`] | `adapter_config.json`, `adapter_model.safetensors`, metric `base_model` | train_lora | eval_loss |
 //! | [`points`] | `points.csv` | tsne | plot (scatter) |
 //! | [`loss_curve`] | `train_loss.csv`, metric `loss_curve` | train_lora | plot (curves) |
-//! | [`per_example`] | `per_example.csv` (`id,loss,tokens`) | eval_loss | table, plot (bootstrap intervals) |
+//! | [`per_example`] | `per_example.csv` (`id,loss,tokens,loss_with_end,tokens_with_end`) | eval_loss | table, plot (bootstrap intervals) |
 //!
 //! Files no other stage reads (`scores.json`, `eval.json`, `kl.json`,
 //! `series.csv`, tables and figures) are named in the kind that writes them.

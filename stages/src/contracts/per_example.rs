@@ -1,15 +1,23 @@
 //! `per_example.csv`: the test loss of each example of an `eval_loss` stage,
-//! one example a row, in the dataset's order: `id,loss,tokens`.
+//! one example a row, in the dataset's order:
+//! `id,loss,tokens,loss_with_end,tokens_with_end`.
 //!
 //! - `id`: the example's `id` in the evaluated dataset (RFC 4180 quoting);
 //! - `loss`: its mean cross-entropy per scored token (empty where it has no
-//!   scored token);
-//! - `tokens`: how many of its tokens were scored.
+//!   scored token), the end-of-text token excluded;
+//! - `tokens`: how many of its tokens were scored, the end token excluded;
+//! - `loss_with_end`, `tokens_with_end`: the same with the end token (where
+//!   it is scored: a target cut to `max_seq_len` has none).
 //!
-//! The stage's `test_loss` metric is the token-weighted mean of these rows
-//! (sum of `loss * tokens` over the sum of `tokens`), see
-//! [`token_weighted_mean`]. Written by `eval_loss`, read by `table` and `plot`
-//! (bootstrap intervals over the test examples where there is one seed).
+//! `loss` and `tokens` always break down the stage's `test_loss` metric: the
+//! token-weighted mean of the rows (sum of `loss * tokens` over the sum of
+//! `tokens`, see [`token_weighted_mean`]); the `_with_end` columns break down
+//! `test_loss_with_end`. Files of `eval_loss` before version 3 have only
+//! `id,loss,tokens`, where both the loss and that stage's `test_loss`
+//! included the end token; they still read (the columns still break down
+//! their own stage's `test_loss`), without the `_with_end` columns. Written
+//! by `eval_loss`, read by `table`, `plot` and `findings` (bootstrap
+//! intervals over the test examples where there is one seed).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,14 +29,26 @@ use crate::toolkit::text::csv_field;
 pub const PER_EXAMPLE_FILE: &str = "per_example.csv";
 
 /// The header line.
-pub const HEADER: &str = "id,loss,tokens";
+pub const HEADER: &str = "id,loss,tokens,loss_with_end,tokens_with_end";
 
-/// The metric of an `eval_loss` stage these rows break down.
+/// The header of files written before the `_with_end` columns (`eval_loss`
+/// before version 3), and by [`write`].
+pub const SHORT_HEADER: &str = "id,loss,tokens";
+
+/// The metric of an `eval_loss` stage the `loss`, `tokens` columns break
+/// down (the target without the end token).
 pub const METRIC: &str = "test_loss";
 
 /// The metric that is the exponential of [`METRIC`] (its intervals are the
 /// exponentials of [`METRIC`]'s).
 pub const EXP_METRIC: &str = "perplexity";
+
+/// The metric the `loss_with_end`, `tokens_with_end` columns break down
+/// (every scored token, the end-of-text token included).
+pub const WITH_END_METRIC: &str = "test_loss_with_end";
+
+/// The exponential of [`WITH_END_METRIC`].
+pub const EXP_WITH_END_METRIC: &str = "perplexity_with_end";
 
 /// One test example's loss.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,58 +61,148 @@ pub struct ExampleLoss {
     pub tokens: usize,
 }
 
-/// Writes `rows` as a `per_example.csv`.
-pub fn write(path: &Path, rows: &[ExampleLoss]) -> Result<(), StageError> {
-    let mut out = String::with_capacity(32 * rows.len() + 16);
-    out.push_str(HEADER);
-    out.push('\n');
-    for r in rows {
-        let loss = if r.tokens > 0 && r.loss.is_finite() {
-            // Shortest text that reads back as the same f64.
-            format!("{:?}", r.loss)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(out, "{},{loss},{}", csv_field(&r.id), r.tokens);
-    }
-    std::fs::write(path, out).map_err(|e| StageError::io(format!("write {}", path.display()), e))
+/// One example's loss with the end token, beside its [`ExampleLoss`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WithEnd {
+    /// Mean cross-entropy per scored token, the end token included; NaN
+    /// where `tokens` is 0.
+    pub loss: f64,
+    pub tokens: usize,
 }
 
-/// The rows of a `per_example.csv`, in file order.
+/// Writes `rows` as a `per_example.csv` of the [`SHORT_HEADER`] columns
+/// (no `_with_end` columns; `eval_loss` writes them with [`write_with_end`]).
+pub fn write(path: &Path, rows: &[ExampleLoss]) -> Result<(), StageError> {
+    let mut out = String::with_capacity(32 * rows.len() + 16);
+    out.push_str(SHORT_HEADER);
+    out.push('\n');
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{},{},{}",
+            csv_field(&r.id),
+            loss_cell(r.loss, r.tokens),
+            r.tokens
+        );
+    }
+    save(path, out)
+}
+
+/// Writes `rows` and, for each, its loss with the end token (`with_end`, in
+/// the same order) as a `per_example.csv` of the full [`HEADER`].
+pub fn write_with_end(
+    path: &Path,
+    rows: &[ExampleLoss],
+    with_end: &[WithEnd],
+) -> Result<(), StageError> {
+    if rows.len() != with_end.len() {
+        return Err(StageError::Other(format!(
+            "internal: {} examples but {} with-end losses for {}",
+            rows.len(),
+            with_end.len(),
+            path.display()
+        )));
+    }
+    let mut out = String::with_capacity(48 * rows.len() + 48);
+    out.push_str(HEADER);
+    out.push('\n');
+    for (r, w) in rows.iter().zip(with_end) {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{}",
+            csv_field(&r.id),
+            loss_cell(r.loss, r.tokens),
+            r.tokens,
+            loss_cell(w.loss, w.tokens),
+            w.tokens
+        );
+    }
+    save(path, out)
+}
+
+/// A loss as its shortest text that reads back as the same f64; empty where
+/// nothing was scored.
+fn loss_cell(loss: f64, tokens: usize) -> String {
+    if tokens > 0 && loss.is_finite() {
+        format!("{loss:?}")
+    } else {
+        String::new()
+    }
+}
+
+fn save(path: &Path, text: String) -> Result<(), StageError> {
+    std::fs::write(path, text).map_err(|e| StageError::io(format!("write {}", path.display()), e))
+}
+
+/// The `loss`, `tokens` columns of a `per_example.csv` (either header), in
+/// file order: the rows of the stage's [`METRIC`].
 pub fn read(path: &Path) -> Result<Vec<ExampleLoss>, StageError> {
+    Ok(read_both(path)?.0)
+}
+
+/// The `loss_with_end`, `tokens_with_end` columns as rows (with their ids):
+/// the rows of [`WITH_END_METRIC`]; `None` for a file without them.
+pub fn read_with_end(path: &Path) -> Result<Option<Vec<ExampleLoss>>, StageError> {
+    let (rows, with_end) = read_both(path)?;
+    Ok(with_end.map(|w| {
+        rows.into_iter()
+            .zip(w)
+            .map(|(r, w)| ExampleLoss {
+                id: r.id,
+                loss: w.loss,
+                tokens: w.tokens,
+            })
+            .collect()
+    }))
+}
+
+/// Every row, and the `_with_end` columns where the file has them.
+pub fn read_both(path: &Path) -> Result<(Vec<ExampleLoss>, Option<Vec<WithEnd>>), StageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| StageError::io(format!("read {}", path.display()), e))?;
     let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, h)) if h.trim_end() == HEADER => {}
+    let full = match lines.next().map(|(_, h)| h.trim_end()) {
+        Some(HEADER) => true,
+        Some(SHORT_HEADER) => false,
         _ => {
             return Err(StageError::invalid(format!(
-                "{}: expected the header `{HEADER}`",
+                "{}: expected the header `{HEADER}` (or, from before the end-token columns, \
+                 `{SHORT_HEADER}`)",
                 path.display()
             )))
         }
-    }
+    };
+    let header = if full { HEADER } else { SHORT_HEADER };
+    let numbers = if full { 4 } else { 2 };
     let mut rows = Vec::new();
+    let mut with_end = Vec::new();
     for (n, line) in lines {
         let bad =
-            || StageError::invalid(format!("{}:{}: expected `{HEADER}`", path.display(), n + 1));
-        // The id may hold commas (quoted); loss and tokens do not.
-        let cells: Vec<&str> = line.rsplitn(3, ',').collect();
-        let [tokens, loss, id] = cells[..] else {
+            || StageError::invalid(format!("{}:{}: expected `{header}`", path.display(), n + 1));
+        // The id may hold commas (quoted); the numbers do not.
+        let mut cells: Vec<&str> = line.rsplitn(numbers + 1, ',').collect();
+        if cells.len() != numbers + 1 {
             return Err(bad());
-        };
-        let tokens: usize = tokens.trim().parse().map_err(|_| bad())?;
-        let loss = match loss.trim() {
-            "" => f64::NAN,
-            l => l.parse().map_err(|_| bad())?,
+        }
+        cells.reverse();
+        let tokens = |c: &str| c.trim().parse::<usize>().map_err(|_| bad());
+        let loss = |c: &str| match c.trim() {
+            "" => Ok(f64::NAN),
+            l => l.parse::<f64>().map_err(|_| bad()),
         };
         rows.push(ExampleLoss {
-            id: unquote(id).ok_or_else(bad)?,
-            loss,
-            tokens,
+            id: unquote(cells[0]).ok_or_else(bad)?,
+            loss: loss(cells[1])?,
+            tokens: tokens(cells[2])?,
         });
+        if full {
+            with_end.push(WithEnd {
+                loss: loss(cells[3])?,
+                tokens: tokens(cells[4])?,
+            });
+        }
     }
-    Ok(rows)
+    Ok((rows, full.then_some(with_end)))
 }
 
 /// The rows of an upstream instance's `per_example.csv`; `None` when it has
@@ -101,6 +211,24 @@ pub fn read_upstream(up: &Upstream) -> Result<Option<Vec<ExampleLoss>>, StageErr
     match up.files.get(PER_EXAMPLE_FILE) {
         Some(path) => read(path).map(Some),
         None => Ok(None),
+    }
+}
+
+/// The rows behind `metric` of an upstream instance: [`METRIC`] and
+/// [`EXP_METRIC`] the `loss` columns, [`WITH_END_METRIC`] and
+/// [`EXP_WITH_END_METRIC`] the `_with_end` ones; `None` for another metric,
+/// or where the instance has no such columns.
+pub fn read_upstream_for(
+    up: &Upstream,
+    metric: &str,
+) -> Result<Option<Vec<ExampleLoss>>, StageError> {
+    let Some(path) = up.files.get(PER_EXAMPLE_FILE) else {
+        return Ok(None);
+    };
+    match metric {
+        METRIC | EXP_METRIC => read(path).map(Some),
+        WITH_END_METRIC | EXP_WITH_END_METRIC => read_with_end(path),
+        _ => Ok(None),
     }
 }
 
@@ -191,6 +319,52 @@ mod tests {
         assert!(err.contains(":2: expected"), "{err}");
         std::fs::write(&path, "step,loss\n").unwrap();
         assert!(read(&path).is_err());
+    }
+
+    /// The full format round-trips both column pairs; the `loss`,
+    /// `tokens` columns read the same from either format, and only the full
+    /// one has `_with_end` rows.
+    #[test]
+    fn the_with_end_columns_round_trip_and_short_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PER_EXAMPLE_FILE);
+        let rows = vec![row("s,1", 2.5, 4), row("q", f64::NAN, 0)];
+        let with_end = [
+            WithEnd {
+                loss: 2.2,
+                tokens: 5,
+            },
+            WithEnd {
+                loss: 5.0,
+                tokens: 1,
+            },
+        ];
+        write_with_end(&path, &rows, &with_end).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "id,loss,tokens,loss_with_end,tokens_with_end\n\"s,1\",2.5,4,2.2,5\nq,,0,5.0,1\n"
+        );
+        let back = read(&path).unwrap();
+        assert_eq!(back[0], rows[0]);
+        assert!(back[1].loss.is_nan() && back[1].tokens == 0);
+        let ends = read_with_end(&path).unwrap().unwrap();
+        assert_eq!(ends, vec![row("s,1", 2.2, 5), row("q", 5.0, 1)]);
+        assert!(write_with_end(&path, &rows, &with_end[..1]).is_err());
+
+        write(&path, &rows[..1]).unwrap();
+        assert_eq!(read(&path).unwrap(), rows[..1]);
+        assert_eq!(read_with_end(&path).unwrap(), None);
+
+        std::fs::write(&path, format!("{HEADER}\na,1.0,2,3.0\n")).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(":2: expected `id,loss,tokens,loss_with_end"),
+            "{err}"
+        );
+        std::fs::write(&path, "id,tokens,loss\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("expected the header"), "{err}");
     }
 
     /// By hand: losses 2 (1 token), 4 (3 tokens): weighted mean

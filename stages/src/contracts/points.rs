@@ -2,21 +2,25 @@
 //! `series,instance,id,origin,x,y` (RFC 4180 quoting; `x`, `y` with six
 //! decimals). Written by `tsne`, read by `plot` (scatter).
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use flow_engine::StageError;
 
-use crate::toolkit::text::csv_field;
+use crate::toolkit::text::CsvText;
 
 pub const POINTS_FILE: &str = "points.csv";
 
-/// The header line, to which [`push`] appends rows.
-pub const HEADER: &str = "series,instance,id,origin,x,y\n";
+/// The columns, in order.
+pub const COLUMNS: [&str; 6] = ["series", "instance", "id", "origin", "x", "y"];
 
-/// Appends one point to `out` (which starts with [`HEADER`]).
+/// A new `points.csv`: its header row.
+pub fn new() -> CsvText {
+    CsvText::new(COLUMNS)
+}
+
+/// Appends one point to `out` (from [`new`]).
 pub fn push(
-    out: &mut String,
+    out: &mut CsvText,
     series: &str,
     instance: &str,
     id: &str,
@@ -24,59 +28,58 @@ pub fn push(
     x: f64,
     y: f64,
 ) {
-    let _ = writeln!(
-        out,
-        "{},{},{},{},{x:.6},{y:.6}",
-        csv_field(series),
-        csv_field(instance),
-        csv_field(id),
-        csv_field(origin)
-    );
+    out.row([
+        series,
+        instance,
+        id,
+        origin,
+        &format!("{x:.6}"),
+        &format!("{y:.6}"),
+    ]);
 }
 
 /// The points of a `points.csv`, in file order: (series, x, y).
 pub fn read(path: &Path) -> Result<Vec<(String, f64, f64)>, StageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StageError::io(format!("read {}", path.display()), e))?;
-    let mut points = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let bad = || {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| StageError::invalid(format!("read {}: {e}", path.display())))?;
+    // Columns by name: `series`, `x` and `y` are what a scatter needs (older files have
+    // `series,id,x,y`).
+    let header = reader
+        .headers()
+        .map_err(|e| StageError::invalid(format!("read {}: {e}", path.display())))?
+        .clone();
+    let column = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| {
             StageError::invalid(format!(
-                "{}:{}: expected `series,id,x,y`",
+                "{}:1: no column `{name}` (expected `{}`)",
                 path.display(),
-                n + 1
+                COLUMNS.join(",")
+            ))
+        })
+    };
+    let (sc, xc, yc) = (column("series")?, column("x")?, column("y")?);
+    let mut points = Vec::new();
+    for (n, row) in reader.records().enumerate() {
+        // Line n + 2: the header is line 1.
+        let bad = |why: String| {
+            StageError::invalid(format!(
+                "{}:{}: expected `{}`: {why}",
+                path.display(),
+                n + 2,
+                COLUMNS.join(",")
             ))
         };
-        let cells: Vec<&str> = line.rsplitn(3, ',').collect();
-        let [y, x, rest] = cells[..] else {
-            return Err(bad());
+        let row = row.map_err(|e| bad(e.to_string()))?;
+        let number = |i: usize| -> Result<f64, StageError> {
+            let cell = row.get(i).unwrap_or_default();
+            cell.trim()
+                .parse()
+                .map_err(|_| bad(format!("`{cell}` is not a number")))
         };
-        let series = first_field(rest).ok_or_else(bad)?;
-        let x: f64 = x.trim().parse().map_err(|_| bad())?;
-        let y: f64 = y.trim().parse().map_err(|_| bad())?;
-        points.push((series, x, y));
+        let series = row.get(sc).unwrap_or_default().to_string();
+        points.push((series, number(xc)?, number(yc)?));
     }
     Ok(points)
-}
-
-/// The first field of a CSV line, unquoted (RFC 4180 quotes).
-fn first_field(line: &str) -> Option<String> {
-    let Some(rest) = line.strip_prefix('"') else {
-        return line.split(',').next().map(str::to_string);
-    };
-    let mut out = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if chars.peek() == Some(&'"') => {
-                out.push('"');
-                chars.next();
-            }
-            '"' => return Some(out),
-            c => out.push(c),
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -87,7 +90,7 @@ mod tests {
     fn points_round_trip_with_quoted_series() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(POINTS_FILE);
-        let mut text = HEADER.to_string();
+        let mut text = new();
         push(
             &mut text,
             "topic_count=20,k=1",
@@ -97,8 +100,8 @@ mod tests {
             0.5,
             -1.25,
         );
-        push(&mut text, "say \"hi\"", "real", "s2", "real", 2.0, 3.0);
-        std::fs::write(&path, &text).unwrap();
+        push(&mut text, "say \"hi\"", "real", "s2\r\nx", "real", 2.0, 3.0);
+        std::fs::write(&path, text.finish()).unwrap();
         assert_eq!(
             read(&path).unwrap(),
             vec![
@@ -106,7 +109,7 @@ mod tests {
                 ("say \"hi\"".to_string(), 2.0, 3.0)
             ]
         );
-        std::fs::write(&path, format!("{HEADER}a,b\n")).unwrap();
+        std::fs::write(&path, "series,instance,id,origin,x,y\na,b\n").unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains(":2: expected"), "{err}");
     }

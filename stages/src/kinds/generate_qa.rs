@@ -2,6 +2,10 @@
 //! request seeded with real pairs of that context. Requests ask for
 //! `per_request` pairs; a context is asked again until it has K distinct new
 //! pairs or its request budget is spent.
+//!
+//! The generator sees each context as the data holds it: the window that
+//! `source` cut (its `context_chars`) is the text the learner trains on and
+//! is evaluated with, so questions are asked about the text the learner sees.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,6 +13,7 @@ use flow_engine::{Context, Outcome, ParamSpec, Params, Resources, Stage, StageEr
 use flow_generate::Message;
 
 use crate::contracts::dataset::{self, Example, Origin, Task};
+use crate::toolkit::corpora::narrativeqa::{Window, CONTEXT_CHARS_FULL, CONTEXT_CUT};
 use crate::toolkit::generation::{self, common_params, Common, Gen, Job};
 use crate::toolkit::params;
 use crate::toolkit::seeds::item_hash;
@@ -29,7 +34,7 @@ struct Settings {
     max_contexts: Option<usize>,
     seed_pairs: usize,
     per_request: usize,
-    context_chars: usize,
+    context_chars: Option<usize>,
 }
 
 impl Settings {
@@ -40,7 +45,7 @@ impl Settings {
             max_contexts: params::opt_count(p, "max_contexts")?,
             seed_pairs: params::count(p, "seed_pairs")?,
             per_request: params::count(p, "per_request")?,
-            context_chars: params::count(p, "context_chars")?,
+            context_chars: params::opt_count(p, "context_chars")?,
         })
     }
 }
@@ -106,10 +111,12 @@ impl Stage for GenerateQa {
                 .default(5),
             ParamSpec::int(
                 "context_chars",
-                "the summary is cut to this many characters",
+                "cut the context shown to the generator to this many characters (at a sentence \
+                 end). Makes the generator see different text than the learner, which trains \
+                 and is evaluated on the data's context: set the window on `source` \
+                 (context_chars) instead; default: the context as the data holds it",
             )
-            .min(100.0)
-            .default(2500),
+            .min(20.0),
             ParamSpec::int("max_tokens", "most tokens per answer")
                 .min(1.0)
                 .default(300),
@@ -127,7 +134,7 @@ impl Stage for GenerateQa {
     fn run(&self, ctx: &mut Context<'_>) -> Result<Outcome, StageError> {
         let s = Settings::from_params(ctx.params)?;
         let (k, n_seed, per) = (s.k, s.seed_pairs, s.per_request);
-        let (chars, max_tokens) = (s.context_chars, s.common.max_tokens);
+        let max_tokens = s.common.max_tokens;
         let max_attempts = s.common.max_attempts as usize;
         let real = dataset::read_upstream(ctx.input("contexts")?)?;
         let mut groups: BTreeMap<String, Vec<Example>> = BTreeMap::new();
@@ -159,13 +166,7 @@ impl Stage for GenerateQa {
             .map(|g| {
                 let pairs = &groups[g];
                 State {
-                    context: pairs[0]
-                        .context
-                        .clone()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(chars)
-                        .collect(),
+                    context: generator_context(&pairs[0], s.context_chars),
                     seen: pairs.iter().map(|e| e.input.to_lowercase()).collect(),
                     got: Vec::new(),
                     requests: 0,
@@ -186,20 +187,8 @@ impl Stage for GenerateQa {
                 for r in st.requests..st.requests + want {
                     let mut shown: Vec<&Example> = groups[g].iter().collect();
                     shown.sort_by_key(|e| item_hash(seed, &format!("qa/seeds/{r}"), &e.id));
-                    let examples = shown
-                        .iter()
-                        .take(n_seed)
-                        .map(|e| format!("Q: {}\nA: {}", e.input.trim(), e.target.trim()))
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    let text = fill(
-                        &s.common.prompt,
-                        &[
-                            ("context", &st.context),
-                            ("examples", &examples),
-                            ("n", &per.to_string()),
-                        ],
-                    );
+                    shown.truncate(n_seed);
+                    let text = request_text(&s.common.prompt, &st.context, &shown, per);
                     jobs.push((
                         ci,
                         Job::new(
@@ -237,6 +226,7 @@ impl Stage for GenerateQa {
         let mut out = Vec::new();
         for (g, st) in order.iter().zip(states) {
             let pairs = &groups[g];
+            let window = window_record(&pairs[0]);
             gen.counts.asked += k as u64;
             gen.counts.got += st.got.len() as u64;
             gen.counts.dropped += (k - st.got.len()) as u64;
@@ -250,7 +240,7 @@ impl Stage for GenerateQa {
                     target: a,
                     origin: Origin::Generated,
                     alt_targets: vec![],
-                    extra: Default::default(),
+                    extra: window.clone(),
                 });
             }
         }
@@ -261,6 +251,43 @@ impl Stage for GenerateQa {
             .metric("n", out.len() as u64)
             .metric("contexts", order.len() as u64))
     }
+}
+
+/// The context as the generator sees it: the example's own (the window
+/// the learner sees), unless `cut` asks for less.
+pub(crate) fn generator_context(first: &Example, cut: Option<usize>) -> String {
+    let context = first.context.as_deref().unwrap_or_default();
+    match cut {
+        Some(max) => Window::of(context, Some(max)).text,
+        None => context.to_string(),
+    }
+}
+
+/// The record of the context's window (`source`'s `context_chars_full`,
+/// `context_cut`), carried to the pairs generated from it.
+pub(crate) fn window_record(first: &Example) -> serde_json::Map<String, serde_json::Value> {
+    [CONTEXT_CHARS_FULL, CONTEXT_CUT]
+        .iter()
+        .filter_map(|&f| Some((f.to_string(), first.extra.get(f)?.clone())))
+        .collect()
+}
+
+/// One request: `prompt` with the context, the seed pairs `shown` and the
+/// number of pairs asked for filled in.
+pub(crate) fn request_text(prompt: &str, context: &str, shown: &[&Example], n: usize) -> String {
+    let examples = shown
+        .iter()
+        .map(|e| format!("Q: {}\nA: {}", e.input.trim(), e.target.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fill(
+        prompt,
+        &[
+            ("context", context),
+            ("examples", &examples),
+            ("n", &n.to_string()),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -280,5 +307,17 @@ mod tests {
                 ("Where does he live?".to_string(), "In Ohio.".to_string())
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+
+    #[test]
+    fn no_cut_by_default() {
+        let spec = GenerateQa.params();
+        let chars = spec.iter().find(|p| p.name == "context_chars").unwrap();
+        assert!(chars.default.is_none());
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! The subset of a smaller size is a prefix of the larger one's choice, so
 //! sizes compare like with like.
+//!
+//! `offset` skips the first `offset` examples of that order (of each group,
+//! with `per_group`) before taking any: two subsets of one input with one
+//! seed are disjoint when their ranges do not overlap, e.g. `limit = L` and
+//! `limit = L, offset = L` (Table 2's real-vs-real null: two disjoint real
+//! samples).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +26,7 @@ pub struct Subset;
 struct Settings {
     per_group: Option<usize>,
     limit: Option<usize>,
+    offset: usize,
 }
 
 impl Settings {
@@ -27,6 +34,7 @@ impl Settings {
         Ok(Settings {
             per_group: opt_count(p, "per_group")?,
             limit: opt_count(p, "limit")?,
+            offset: opt_count(p, "offset")?.unwrap_or(0),
         })
     }
 }
@@ -54,14 +62,24 @@ impl Stage for Subset {
             )
             .min(1.0),
             ParamSpec::int("limit", "examples kept in all").min(1.0),
+            ParamSpec::int(
+                "offset",
+                "examples of the seeded order skipped first (of each group, with `per_group`): \
+                 disjoint subsets of one input",
+            )
+            .min(0.0),
         ]
     }
 
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        if params.get("per_group").is_none() && params.get("limit").is_none() {
+        if ["per_group", "limit", "offset"]
+            .iter()
+            .all(|k| params.get(k).is_none())
+        {
             return vec![ParamProblem::new(
                 "limit",
-                "set `limit`, `per_group` or both (otherwise the subset is everything)",
+                "set `limit`, `per_group`, `offset` or several (otherwise the subset is \
+                 everything)",
             )];
         }
         Vec::new()
@@ -72,10 +90,15 @@ impl Stage for Subset {
         let input = ctx.input("data")?;
         let examples = dataset::read_upstream(input)?;
         let n_in = examples.len();
-        let kept = choose(examples, s.per_group, s.limit, ctx.seed);
+        let kept = choose(examples, s.per_group, s.limit, s.offset, ctx.seed);
         if kept.is_empty() {
+            let past = if s.offset > 0 {
+                format!(" past offset = {}", s.offset)
+            } else {
+                String::new()
+            };
             return Err(StageError::invalid(format!(
-                "`{}` has no examples to take a subset of",
+                "`{}` has no examples to take a subset of{past} ({n_in} examples)",
                 input.instance
             )));
         }
@@ -87,25 +110,30 @@ impl Stage for Subset {
     }
 }
 
-/// One seeded order of all examples; the first `per_group` of each group in
+/// One seeded order of all examples; past the first `offset` (of each group
+/// with `per_group`, else in all), the first `per_group` of each group in
 /// that order, then the first `limit` of those, back in input order.
 fn choose(
     examples: Vec<Example>,
     per_group: Option<usize>,
     limit: Option<usize>,
+    offset: usize,
     seed: u64,
 ) -> Vec<Example> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng(seed, "subset"));
-    let mut taken: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+    // Examples of each group met so far in the order (one count for all
+    // without `per_group`): the first `offset` are skipped.
+    let mut seen: BTreeMap<Option<&str>, usize> = BTreeMap::new();
     let mut keep: Vec<usize> = Vec::new();
     for i in order {
         if limit.is_some_and(|l| keep.len() >= l) {
             break;
         }
-        let n = taken.entry(examples[i].group.as_deref()).or_default();
-        if per_group.is_none_or(|p| *n < p) {
-            *n += 1;
+        let group = per_group.and(examples[i].group.as_deref());
+        let n = seen.entry(group).or_default();
+        *n += 1;
+        if *n > offset && per_group.is_none_or(|p| *n <= offset + p) {
             keep.push(i);
         }
     }
@@ -116,6 +144,8 @@ fn choose(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::contracts::dataset::Task;
     use crate::testutil::example;
@@ -131,8 +161,8 @@ mod tests {
 
     #[test]
     fn per_group_keeps_that_many_of_each_group_and_smaller_is_a_prefix() {
-        let five = choose(qa(4, 30), Some(5), None, 7);
-        let ten = choose(qa(4, 30), Some(10), None, 7);
+        let five = choose(qa(4, 30), Some(5), None, 0, 7);
+        let ten = choose(qa(4, 30), Some(10), None, 0, 7);
         assert_eq!(five.len(), 20);
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for e in &five {
@@ -142,7 +172,7 @@ mod tests {
         let ten_ids: Vec<&str> = ten.iter().map(|e| e.id.as_str()).collect();
         assert!(five.iter().all(|e| ten_ids.contains(&e.id.as_str())));
         assert_ne!(
-            choose(qa(4, 30), Some(5), None, 8)
+            choose(qa(4, 30), Some(5), None, 0, 8)
                 .iter()
                 .map(|e| &e.id)
                 .collect::<Vec<_>>(),
@@ -156,8 +186,55 @@ mod tests {
         let stories: Vec<Example> = (0..100)
             .map(|i| example(&format!("s{i}"), Task::Story, None, "a", "b"))
             .collect();
-        assert_eq!(choose(stories.clone(), None, Some(25), 1).len(), 25);
-        assert_eq!(choose(stories, None, Some(500), 1).len(), 100);
-        assert_eq!(choose(qa(2, 3), Some(10), None, 1).len(), 6);
+        assert_eq!(choose(stories.clone(), None, Some(25), 0, 1).len(), 25);
+        assert_eq!(choose(stories, None, Some(500), 0, 1).len(), 100);
+        assert_eq!(choose(qa(2, 3), Some(10), None, 0, 1).len(), 6);
+    }
+
+    fn ids(examples: &[Example]) -> BTreeSet<String> {
+        examples.iter().map(|e| e.id.clone()).collect()
+    }
+
+    #[test]
+    fn an_offset_takes_a_disjoint_sample() {
+        let stories: Vec<Example> = (0..100)
+            .map(|i| example(&format!("s{i}"), Task::Story, None, "a", "b"))
+            .collect();
+        let a = ids(&choose(stories.clone(), None, Some(40), 0, 3));
+        let b = ids(&choose(stories.clone(), None, Some(40), 40, 3));
+        assert_eq!((a.len(), b.len()), (40, 40));
+        assert!(a.is_disjoint(&b));
+        // Past the offset, what is left: 100 - 80 = 20 examples.
+        let c = ids(&choose(stories.clone(), None, None, 80, 3));
+        assert_eq!(c.len(), 20);
+        assert!(c.is_disjoint(&a) && c.is_disjoint(&b));
+        // The same seeded order: the 80 first are a and b.
+        let ab = ids(&choose(stories.clone(), None, Some(80), 0, 3));
+        assert_eq!(ab, a.union(&b).cloned().collect());
+        assert!(choose(stories, None, None, 100, 3).is_empty());
+
+        // Per group: each context split into two disjoint halves of 12.
+        let a = choose(qa(3, 30), Some(12), None, 0, 3);
+        let b = choose(qa(3, 30), Some(12), None, 12, 3);
+        assert_eq!((a.len(), b.len()), (36, 36));
+        assert!(ids(&a).is_disjoint(&ids(&b)));
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &b {
+            *per.entry(e.group.clone().unwrap()).or_default() += 1;
+        }
+        assert!(per.values().all(|&n| n == 12), "{per:?}");
+        // A group with fewer than offset + per_group gives what is left.
+        assert_eq!(choose(qa(2, 20), Some(12), None, 12, 3).len(), 16);
+    }
+
+    #[test]
+    fn real_stories_split_into_disjoint_halves() {
+        let Some(real) = crate::testutil::real_stories(600) else {
+            return;
+        };
+        let a = ids(&choose(real.clone(), None, Some(300), 0, 7));
+        let b = ids(&choose(real, None, Some(300), 300, 7));
+        assert_eq!((a.len(), b.len()), (300, 300));
+        assert!(a.is_disjoint(&b));
     }
 }

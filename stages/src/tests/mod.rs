@@ -5,6 +5,7 @@
 mod generation;
 mod scoring;
 mod training;
+mod window;
 
 use std::path::{Path, PathBuf};
 

@@ -5,9 +5,9 @@
 //!
 //! Every request is journaled under the hash of (generator identity =
 //! implementation + weights blake3 or endpoint model, messages, sampling incl.
-//! its seed) in `<cache>/journal/generate/journal.jsonl`, shared by all stages
-//! and runs: a request answered once is never generated (or paid for) again,
-//! whatever else changed. Per-item seeds derive from (stage seed, item id,
+//! its seed) in the journal under `<cache>/journal/generate/` (one segment
+//! per writer, read as a union), shared by all stages and runs: a request
+//! answered once is never generated (or paid for) again, whatever else changed. Per-item seeds derive from (stage seed, item id,
 //! attempt) only, so the first n items of a run with count = 2n are those of
 //! the run with count = n, and the output is the same whatever order the
 //! answers of a batch arrive in.

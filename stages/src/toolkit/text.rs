@@ -60,6 +60,36 @@ pub fn strip_marker(line: &str) -> String {
     s.trim_matches(['"', '*', '\'']).trim().to_string()
 }
 
+/// CSV text written by the `csv` crate (RFC 4180 quoting), row by row.
+pub struct CsvText {
+    writer: csv::Writer<Vec<u8>>,
+}
+
+impl CsvText {
+    /// A table with this header row.
+    pub fn new<F: AsRef<[u8]>>(header: impl IntoIterator<Item = F>) -> Self {
+        let mut text = CsvText {
+            // Flexible: a row's width is the caller's business (tables pad their own).
+            writer: csv::WriterBuilder::new()
+                .flexible(true)
+                .from_writer(Vec::new()),
+        };
+        text.row(header);
+        text
+    }
+
+    pub fn row<F: AsRef<[u8]>>(&mut self, fields: impl IntoIterator<Item = F>) {
+        // Writing to memory: the only errors csv has are I/O errors of the sink.
+        let _ = self.writer.write_record(fields);
+    }
+
+    pub fn finish(self) -> String {
+        let bytes = self.writer.into_inner().unwrap_or_default();
+        // Every field came in as UTF-8 text, and csv only adds ASCII.
+        String::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
 /// RFC 4180 quoting: a field with a comma, quote or line break is quoted.
 pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {

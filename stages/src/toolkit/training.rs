@@ -3,7 +3,7 @@
 //! cancellation for the trainer, and its errors as stage errors.
 
 use flow_engine::{Context, Params, StageError};
-use flow_train::data::{self, Loss, Text};
+use flow_train::data::{self, Encoded, Loss, Text};
 use flow_train::trainer::{Monitor, Stopped};
 
 use crate::contracts::dataset::Example;
@@ -41,6 +41,17 @@ pub fn encode_all(
     loss: Loss,
     max_len: usize,
 ) -> Result<Seqs, StageError> {
+    Ok(seqs(encode_examples(tok, examples, loss, max_len)?))
+}
+
+/// [`encode_all`], with what was cut from each example and whether its end
+/// token is still there.
+pub fn encode_examples(
+    tok: &flow_train::Tokenizer,
+    examples: &[Example],
+    loss: Loss,
+    max_len: usize,
+) -> Result<Vec<Encoded>, StageError> {
     examples
         .iter()
         .map(|e| {
@@ -49,9 +60,32 @@ pub fn encode_all(
                 input: e.input.clone(),
                 target: e.target.clone(),
             };
-            data::encode(tok, &text, loss, max_len).map_err(other)
+            data::encode_example(tok, &text, loss, max_len)
+                .map_err(|err| StageError::invalid(format!("example `{}`: {err:#}", e.id)))
         })
         .collect()
+}
+
+/// The token ids and target flags of encoded examples, as the trainer takes them.
+pub fn seqs(encoded: Vec<Encoded>) -> Seqs {
+    encoded.into_iter().map(|e| (e.ids, e.target)).collect()
+}
+
+/// The share of `encoded` examples cut to `max_seq_len`, logged when some
+/// are: a cut prompt (a QA context cut from the left) changes what is
+/// learned or scored, and should be visible.
+pub fn truncated_share(ctx: &mut Context<'_>, encoded: &[Encoded], max_len: usize) -> f64 {
+    let share = data::truncated_share(encoded);
+    if share > 0.0 {
+        let n = encoded.iter().filter(|e| e.truncated).count();
+        ctx.log(format!(
+            "{n} of {} examples ({:.1}%) were cut to max_seq_len = {max_len} tokens (the prompt \
+             from the left, then the target from the right)",
+            encoded.len(),
+            100.0 * share
+        ));
+    }
+    share
 }
 
 /// The trainer's view of a stage: each step (or batch) advances the

@@ -22,7 +22,6 @@
 //! bars are.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use flow_engine::{
     Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Upstream,
@@ -35,6 +34,7 @@ use crate::contracts::points::POINTS_FILE;
 use crate::contracts::{dataset, loss_curve, per_example, points};
 use crate::toolkit::params::{count, flag, str_list, string};
 use crate::toolkit::replicates::{self, describe_methods, Method};
+use crate::toolkit::text::CsvText;
 
 pub const SVG_FILE: &str = "figure.svg";
 pub const PNG_FILE: &str = "figure.png";
@@ -813,14 +813,7 @@ fn series_count(p: &Panel) -> usize {
 /// bin start and density, after the raw values are binned the same way as
 /// in the figure), with its 95% interval where it has one (lines).
 fn figure_csv(fig: &Figure) -> String {
-    let mut out = String::from("panel,series,axis,x,y,ci_low,ci_high\n");
-    let q = |s: &str| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
+    let mut out = CsvText::new(["panel", "series", "axis", "x", "y", "ci_low", "ci_high"]);
     // References have no x, points without an interval no bounds: those
     // cells stay empty.
     let mut put =
@@ -829,7 +822,7 @@ fn figure_csv(fig: &Figure) -> String {
             let (lo, hi) = ci.map_or((String::new(), String::new()), |(lo, hi)| {
                 (lo.to_string(), hi.to_string())
             });
-            let _ = writeln!(out, "{},{},{axis},{x},{y},{lo},{hi}", q(panel), q(series));
+            out.row([panel, series, axis, &x, &y.to_string(), &lo, &hi]);
         };
     for p in &fig.panels {
         match &p.kind {
@@ -871,7 +864,7 @@ fn figure_csv(fig: &Figure) -> String {
             }
         }
     }
-    out
+    out.finish()
 }
 
 #[cfg(test)]

@@ -2,8 +2,14 @@
 //!
 //! - distinct: Distinct-n (Eq. 4-6, see [`distinct`]); QA sums it over
 //!   contexts (Eq. 5), stories take one value over the whole set (Eq. 6).
+//!   `distinct_n` counts the n-grams within each example; `distinct_n_concat`
+//!   beside it is Eq. 4 literally, over the concatenation of the examples in
+//!   dataset order (with the n-grams that cross example boundaries).
 //! - lengths: target lengths in tokens (Fig. 3).
 //! - kl: unigram KL(reference || data) (Table 2, see [`kl`]).
+//! - shared: the share of the examples that are identical to one of the
+//!   reference (`shared_share`): how much two diversity levels, or a
+//!   generated and a real set, hold in common; 0 for disjoint samples.
 //!
 //! Always [`Threads::All`]: tokenizing and n-gram deduplication run on every
 //! core the scheduler grants, and a score is short, so holding all slots
@@ -15,7 +21,7 @@ pub mod kl;
 pub mod lengths;
 pub mod tokenize;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use flow_engine::{
     Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads, Value,
@@ -26,7 +32,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::contracts::dataset::{self, Example, Task};
 use crate::toolkit::cores::thread_pool;
 use crate::toolkit::params::{count, str_list};
-use distinct::{distinct, distinct_groups, NgramCount};
+use distinct::{distinct, distinct_concat, distinct_concat_groups, distinct_groups, NgramCount};
 use tokenize::{Corpus, Tokenizer};
 
 pub const SCORES_FILE: &str = "scores.json";
@@ -38,6 +44,7 @@ struct Settings {
     distinct: bool,
     lengths: bool,
     kl: bool,
+    shared: bool,
     n: usize,
     tokenizer: Tokenizer,
     grouping: String,
@@ -53,6 +60,7 @@ impl Settings {
             distinct: has("distinct"),
             lengths: has("lengths"),
             kl: has("kl"),
+            shared: has("shared"),
             n: count(params, "n")?,
             tokenizer: Tokenizer::parse(tokenizer)
                 .ok_or_else(|| StageError::Other(format!("internal: tokenizer `{tokenizer}`")))?,
@@ -68,12 +76,15 @@ impl Stage for Score {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: `distinct_n_concat` beside `distinct_n` (Eq. 4 over the literal
+        // concatenation); the `shared` metric.
+        2
     }
 
     fn about(&self) -> &'static str {
         "Diversity and distribution metrics of a dataset: Distinct-n (summed over contexts for \
-         QA), target lengths, unigram KL against a reference set"
+         QA; per example and over the literal concatenation), target lengths, unigram KL \
+         against a reference set, the share of examples identical to one of a reference set"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
@@ -81,11 +92,11 @@ impl Stage for Score {
             ParamSpec::input("data", "stage whose examples are scored").required(),
             ParamSpec::input(
                 "reference",
-                "reference examples for `kl` (usually the real data)",
+                "reference examples for `kl` (usually the real data) and `shared`",
             ),
             ParamSpec::list(
                 "metrics",
-                ParamType::Choice(&["distinct", "lengths", "kl"]),
+                ParamType::Choice(&["distinct", "lengths", "kl", "shared"]),
                 "which metrics to compute",
             )
             .default(vec!["distinct", "lengths"]),
@@ -123,11 +134,16 @@ impl Stage for Score {
         if metrics.is_empty() {
             problems.push(ParamProblem::new("metrics", "names no metric to compute"));
         }
-        if metrics.contains(&"kl") && params.get("reference").is_none() {
-            problems.push(ParamProblem::new(
-                "reference",
-                "is required when `metrics` includes \"kl\" (KL needs a reference set)",
-            ));
+        for (m, why) in [
+            ("kl", "KL needs a reference set"),
+            ("shared", "`shared` counts examples also in a reference set"),
+        ] {
+            if metrics.contains(&m) && params.get("reference").is_none() {
+                problems.push(ParamProblem::new(
+                    "reference",
+                    format!("is required when `metrics` includes \"{m}\" ({why})"),
+                ));
+            }
         }
         problems
     }
@@ -141,7 +157,7 @@ impl Stage for Score {
         let data_in = ctx.input("data")?;
         let data = dataset::read_upstream(data_in)?;
         let data_name = format!("input `{}`", data_in.instance);
-        let reference = if settings.kl {
+        let reference = if settings.kl || settings.shared {
             let up = ctx.input("reference")?;
             Some((up.instance.clone(), dataset::read_upstream(up)?))
         } else {
@@ -181,7 +197,7 @@ fn compute(
 ) -> Result<Report, StageError> {
     // One corpus over data and reference: one vocabulary for KL.
     let mut docs: Vec<&Example> = data.iter().collect();
-    if let Some((_, r)) = reference {
+    if let Some((_, r)) = reference.filter(|_| s.kl) {
         docs.extend(r.iter());
     }
     let corpus = Corpus::build(&docs, |e| [&e.input, &e.target], s.tokenizer);
@@ -213,7 +229,17 @@ fn compute(
         section["of"] = json!("target");
         report.insert("lengths".into(), section);
     }
-    if let Some((name, _)) = reference {
+    if let Some((name, r)) = reference.filter(|_| s.shared) {
+        let (items, share) = shared(data, r);
+        metrics.insert("shared_items".into(), json!(items));
+        metrics.insert("shared_share".into(), json!(share));
+        report.insert(
+            "shared".into(),
+            json!({"reference": name, "items": items, "share": share,
+                   "reference_examples": r.len(), "identity": SHARED_IDENTITY}),
+        );
+    }
+    if let Some((name, _)) = reference.filter(|_| s.kl) {
         let mut counts = vec![[0u64; 2]; corpus.vocab_size];
         for d in 0..corpus.len() {
             let side = usize::from(d >= data.len());
@@ -250,6 +276,9 @@ fn distinct_section(
     };
     let definition = "unique / total n-grams; n-grams within each example's input + target \
                       (never across examples, never the QA context)";
+    let concat_definition = "Eq. 4 as written: unique / total n-grams of the concatenation of \
+                             the examples' input + target in dataset order, including the n-grams \
+                             that span two examples (never the QA context)";
     let mut scalars = Map::new();
     let section = if by_group {
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -265,36 +294,72 @@ fn distinct_section(
         }
         let members: Vec<Vec<usize>> = groups.values().cloned().collect();
         let counts = distinct_groups(corpus, &members, n);
-        let sum: f64 = counts.iter().map(NgramCount::value).sum();
-        let mean = if counts.is_empty() {
-            0.0
-        } else {
-            sum / counts.len() as f64
+        let concat = distinct_concat_groups(corpus, &members, n);
+        let sum_mean = |counts: &[NgramCount]| {
+            let sum: f64 = counts.iter().map(NgramCount::value).sum();
+            let mean = if counts.is_empty() {
+                0.0
+            } else {
+                sum / counts.len() as f64
+            };
+            (sum, mean)
         };
+        let (sum, mean) = sum_mean(&counts);
+        let (concat_sum, concat_mean) = sum_mean(&concat);
         scalars.insert(format!("distinct_{n}"), json!(sum));
         scalars.insert(format!("distinct_{n}_mean"), json!(mean));
+        scalars.insert(format!("distinct_{n}_concat"), json!(concat_sum));
+        scalars.insert(format!("distinct_{n}_concat_mean"), json!(concat_mean));
         scalars.insert("groups".into(), json!(counts.len()));
         let per_group: Vec<Json> = groups
             .iter()
-            .zip(&counts)
-            .map(|((g, m), c)| {
+            .zip(counts.iter().zip(&concat))
+            .map(|((g, m), (c, k))| {
                 json!({"group": g, "examples": m.len(), "unique": c.unique,
-                       "total": c.total, "value": c.value()})
+                       "total": c.total, "value": c.value(), "concat_unique": k.unique,
+                       "concat_total": k.total, "concat_value": k.value()})
             })
             .collect();
         json!({"n": n, "grouping": "group", "aggregate": "sum over groups",
                "definition": definition, "value": sum, "mean_per_group": mean,
+               "concat": {"definition": concat_definition, "value": concat_sum,
+                          "mean_per_group": concat_mean},
                "groups": counts.len(), "per_group": per_group})
     } else {
         let all: Vec<usize> = (0..data.len()).collect();
         let c = distinct(corpus, &all, n);
+        let k = distinct_concat(corpus, &all, n);
         scalars.insert(format!("distinct_{n}"), json!(c.value()));
         scalars.insert(format!("distinct_{n}_unique"), json!(c.unique));
         scalars.insert(format!("distinct_{n}_total"), json!(c.total));
+        scalars.insert(format!("distinct_{n}_concat"), json!(k.value()));
+        scalars.insert(format!("distinct_{n}_concat_unique"), json!(k.unique));
+        scalars.insert(format!("distinct_{n}_concat_total"), json!(k.total));
         json!({"n": n, "grouping": "none", "definition": definition,
-               "value": c.value(), "unique": c.unique, "total": c.total})
+               "value": c.value(), "unique": c.unique, "total": c.total,
+               "concat": {"definition": concat_definition, "value": k.value(),
+                          "unique": k.unique, "total": k.total}})
     };
     Ok((section, scalars))
+}
+
+const SHARED_IDENTITY: &str = "same task, group (QA: document), input and target, each trimmed";
+
+/// Examples of `data` identical to one of `reference` (see
+/// [`SHARED_IDENTITY`]; ids play no part), and their share of `data` (0 for
+/// no data).
+fn shared(data: &[Example], reference: &[Example]) -> (u64, f64) {
+    fn identity(e: &Example) -> (Task, Option<&str>, &str, &str) {
+        (e.task, e.group.as_deref(), e.input.trim(), e.target.trim())
+    }
+    let known: HashSet<_> = reference.iter().map(identity).collect();
+    let items = data.iter().filter(|e| known.contains(&identity(e))).count();
+    let share = if data.is_empty() {
+        0.0
+    } else {
+        items as f64 / data.len() as f64
+    };
+    (items as u64, share)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Json, StageError> {

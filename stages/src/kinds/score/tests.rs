@@ -45,6 +45,10 @@ fn stories_score_as_one_set() {
     assert_eq!(ran.metric("distinct_2_unique"), 8);
     assert_eq!(ran.metric("distinct_2_total"), 10);
     assert_eq!(ran.metric("n_examples"), 2);
+    // Eq. 4 over one stream: 11 bigrams, "sat. a" across the boundary is new.
+    assert_eq!(num(&ran, "distinct_2_concat"), 9.0 / 11.0);
+    assert_eq!(ran.metric("distinct_2_concat_unique"), 9);
+    assert_eq!(ran.metric("distinct_2_concat_total"), 11);
     // Target lengths 3 and 1 tokens.
     assert_eq!(num(&ran, "length_mean"), 2.0);
     assert_eq!(num(&ran, "length_median"), 2.0);
@@ -78,6 +82,111 @@ fn qa_sums_distinct_over_contexts() {
     // One set instead: a b a c c -> 3 / 5.
     let flat = score(&qa(), None, &[("n", 1.into()), ("grouping", "none".into())]).unwrap();
     assert_eq!(num(&flat, "distinct_1"), 0.6);
+}
+
+#[test]
+fn qa_concat_stays_within_each_context() {
+    let data = vec![
+        example("q1", Task::Qa, Some("g1"), "a b", "c"),
+        example("q2", Task::Qa, Some("g1"), "a b", "c"),
+        example("q3", Task::Qa, Some("g2"), "d", "e"),
+    ];
+    let ran = score(&data, None, &[("n", 2.into())]).unwrap();
+    // g1 per example: a-b b-c twice, 2 / 4; g2: d-e, 1 / 1.
+    assert_eq!(num(&ran, "distinct_2"), 0.5 + 1.0);
+    // g1 as one stream "a b c a b c": 3 / 5; no bigram joins g1 to g2.
+    assert_eq!(num(&ran, "distinct_2_concat"), 0.6 + 1.0);
+    assert_eq!(num(&ran, "distinct_2_concat_mean"), 1.6 / 2.0);
+}
+
+#[test]
+fn shared_counts_examples_identical_to_one_of_the_reference() {
+    let data = vec![
+        example(
+            "gen-1",
+            Task::Story,
+            None,
+            "The cat sat on the mat",
+            "the cat sat.",
+        ),
+        example("gen-2", Task::Story, None, "A cat", "sat."),
+        example("gen-3", Task::Story, None, "A dog", "ran."),
+    ];
+    let reference = vec![
+        // The same texts under another id, with stray whitespace: shared.
+        example(
+            "real-9",
+            Task::Story,
+            None,
+            " The cat sat on the mat",
+            "the cat sat. ",
+        ),
+        // The same input, another target: not shared.
+        example("real-8", Task::Story, None, "A cat", "ran."),
+    ];
+    let metrics: Value = vec!["shared"].into();
+    let ran = score(&data, Some(&reference), &[("metrics", metrics.clone())]).unwrap();
+    assert_eq!(ran.metric("shared_items"), 1);
+    assert_eq!(num(&ran, "shared_share"), 1.0 / 3.0);
+    assert!(ran.outcome.metrics.get("kl_unigram").is_none());
+    let same = score(&data, Some(&data), &[("metrics", metrics.clone())]).unwrap();
+    assert_eq!(num(&same, "shared_share"), 1.0);
+    // A QA pair is the same item only within its context.
+    let qa_ref = vec![example("r", Task::Qa, Some("g2"), "a b", "a")];
+    let ran = score(&qa(), Some(&qa_ref), &[("metrics", metrics)]).unwrap();
+    assert_eq!(ran.metric("shared_items"), 0);
+}
+
+/// Table 2's null: KL between two disjoint real samples is finite and below
+/// KL between real and generated text; `shared` shows the samples disjoint.
+#[test]
+fn real_vs_real_kl_is_below_real_vs_generated() {
+    let real = [
+        ("Tom went to the store.", "He bought some milk."),
+        ("Anna lost her keys.", "She found them under the bed."),
+        ("The dog barked at night.", "Its owner let it in."),
+        ("Sam wanted a new bike.", "He saved his money for it."),
+        ("Kim baked a cake.", "Her family loved it."),
+        ("Joe missed the bus.", "He walked to school."),
+        ("Mia planted a tree.", "It grew tall over the years."),
+        ("Ben found a cat.", "He took it home."),
+    ];
+    let real: Vec<Example> = real
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| example(&format!("r{i}"), Task::Story, None, a, b))
+        .collect();
+    // Two disjoint halves, as `subset` with `offset` cuts them.
+    let (a, b) = real.split_at(4);
+    let generated: Vec<Example> = [
+        (
+            "In a realm of ancient magic, a wizard awoke.",
+            "Destiny beckoned him onward.",
+        ),
+        (
+            "The starship drifted through the nebula.",
+            "Its crew embraced the unknown.",
+        ),
+        (
+            "A mysterious prophecy echoed through the kingdom.",
+            "Heroes rose to answer it.",
+        ),
+        (
+            "Beneath the ocean, a forgotten city glowed.",
+            "Explorers marveled at its beauty.",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (x, y))| example(&format!("g{i}"), Task::Story, None, x, y))
+    .collect();
+    let metrics: Value = vec!["kl", "shared"].into();
+    let null = score(b, Some(a), &[("metrics", metrics.clone())]).unwrap();
+    let shift = score(&generated, Some(a), &[("metrics", metrics)]).unwrap();
+    let (null_kl, shift_kl) = (num(&null, "kl_unigram"), num(&shift, "kl_unigram"));
+    assert!(null_kl.is_finite() && null_kl > 0.0, "{null_kl}");
+    assert!(null_kl < shift_kl, "null {null_kl} vs generated {shift_kl}");
+    assert_eq!(null.metric("shared_items"), 0);
 }
 
 #[test]
@@ -126,6 +235,17 @@ fn check_requires_a_reference_for_kl() {
     let problems = Score.check(&p);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].param, "reference");
+    let p = params(
+        &Score,
+        &[("data", "d".into()), ("metrics", vec!["shared"].into())],
+    );
+    let problems = Score.check(&p);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].message.contains("\"shared\""),
+        "{}",
+        problems[0].message
+    );
     assert!(Score
         .check(&params(&Score, &[("data", "d".into())]))
         .is_empty());

@@ -7,6 +7,15 @@
 //! `split_seed`) are disjoint. Sampling ranks the split by another seeded
 //! hash and takes a prefix, so growing `limit` only adds examples.
 //!
+//! NarrativeQA sampling: `contexts` documents, and of each up to
+//! `per_context` of its pairs (the paper keeps up to 30 per context: 32,291
+//! pairs over about 1,100 contexts); `per_context_strict` instead skips the
+//! documents with fewer. `context_chars` sets the context window: each
+//! summary cut at a sentence end to at most that many characters. The
+//! window is the example's `context`, so every later stage (generation,
+//! training, evaluation) sees the same text; `context_chars_full` and
+//! `context_cut` record what was cut.
+//!
 //! ROCStories has no official split. Our NarrativeQA mirror has only the
 //! official valid and test documents: we pool them and split by document as
 //! above. When the data holds official train documents (`set = "train"`),
@@ -46,6 +55,8 @@ struct Settings {
     test_fraction: f64,
     contexts: Option<usize>,
     per_context: Option<usize>,
+    per_context_strict: bool,
+    context_chars: Option<usize>,
     split_seed: u64,
     seed: u64,
 }
@@ -69,6 +80,8 @@ impl Settings {
             test_fraction: params.float("test_fraction").unwrap_or(default_fraction),
             contexts: opt_count(params, "contexts")?,
             per_context: opt_count(params, "per_context")?,
+            per_context_strict: params.bool("per_context_strict").unwrap_or(false),
+            context_chars: opt_count(params, "context_chars")?,
             split_seed: params.int("split_seed").map_or(seed, |s| s as u64),
             seed,
         })
@@ -92,7 +105,9 @@ impl Stage for Source {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: per_context keeps documents with fewer pairs (was: skipped);
+        // QA examples record context_chars_full and context_cut.
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -120,9 +135,25 @@ impl Stage for Source {
             ParamSpec::int("contexts", "narrativeqa: number of documents; default: all").min(1.0),
             ParamSpec::int(
                 "per_context",
-                "narrativeqa: QA pairs per document (documents with fewer are skipped); default: all",
+                "narrativeqa: at most this many QA pairs per document (documents with fewer are \
+                 kept whole, as in the paper; see per_context_strict); default: all",
             )
             .min(1.0),
+            ParamSpec::bool(
+                "per_context_strict",
+                "narrativeqa: skip the documents with fewer than per_context QA pairs, so every \
+                 document kept gives exactly per_context",
+            )
+            .default(false),
+            ParamSpec::int(
+                "context_chars",
+                "narrativeqa: the context window, in characters: each summary is cut at the last \
+                 sentence end within this many (else at a word boundary) and the example's \
+                 context is that window, for generation, training and evaluation alike; set it \
+                 so that window + question + answer fit the learner's max_seq_len (~4 \
+                 characters a token); default: the whole summary",
+            )
+            .min(20.0),
             ParamSpec::int(
                 "split_seed",
                 "seed of the train/test assignment; default: the stage seed. Sources must agree \
@@ -135,13 +166,27 @@ impl Stage for Source {
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         let mut problems = Vec::new();
         if params.str("dataset") == Some("rocstories") {
-            for name in ["contexts", "per_context"] {
+            for name in ["contexts", "per_context", "context_chars"] {
                 if params.get(name).is_some() {
                     problems.push(ParamProblem::new(
                         name,
                         "applies to narrativeqa only (stories have no contexts)",
                     ));
                 }
+            }
+        }
+        // A default `false` is no setting; only `true` asks for something.
+        if params.bool("per_context_strict") == Some(true) {
+            if params.str("dataset") == Some("rocstories") {
+                problems.push(ParamProblem::new(
+                    "per_context_strict",
+                    "applies to narrativeqa only (stories have no contexts)",
+                ));
+            } else if params.get("per_context").is_none() {
+                problems.push(ParamProblem::new(
+                    "per_context_strict",
+                    "needs per_context (the number of pairs a document must have)",
+                ));
             }
         }
         problems
@@ -200,6 +245,12 @@ impl Stage for Source {
         if let Some(contexts) = sampled.contexts {
             outcome = outcome.metric("contexts", contexts as u64);
         }
+        if let Some(w) = sampled.windows {
+            outcome = outcome
+                .metric("context_cut_share", w.cut_share)
+                .metric("context_chars_mean", w.chars_mean)
+                .metric("context_chars_full_mean", w.full_chars_mean);
+        }
         Ok(outcome)
     }
 }
@@ -209,8 +260,31 @@ struct Sampled {
     /// Size of the split before sampling (stories or QA pairs).
     pool: usize,
     contexts: Option<usize>,
+    /// QA: the context windows of the documents sampled.
+    windows: Option<WindowStats>,
     location: &'static str,
     split_mode: &'static str,
+}
+
+/// Over the documents sampled (each counted once, not per pair).
+struct WindowStats {
+    cut_share: f64,
+    chars_mean: f64,
+    full_chars_mean: f64,
+}
+
+impl WindowStats {
+    fn of(windows: &[&narrativeqa::Window]) -> Self {
+        let n = windows.len().max(1) as f64;
+        let sum = |f: &dyn Fn(&narrativeqa::Window) -> usize| {
+            windows.iter().map(|w| f(w)).sum::<usize>() as f64
+        };
+        WindowStats {
+            cut_share: sum(&|w| usize::from(w.cut)) / n,
+            chars_mean: sum(&|w| w.text.chars().count()) / n,
+            full_chars_mean: sum(&|w| w.full_chars) / n,
+        }
+    }
 }
 
 fn stories(
@@ -250,6 +324,7 @@ fn stories(
             .collect(),
         pool: pool.len(),
         contexts: None,
+        windows: None,
         location: label,
         split_mode: "hashed",
     })
@@ -316,7 +391,12 @@ fn qa(s: &Settings, location: &Location, ctx: &mut Context<'_>) -> Result<Sample
         .map(Vec::len)
         .sum();
 
-    let need = s.per_context.unwrap_or(1);
+    // Up to per_context pairs of each document; strict: only documents
+    // with at least per_context. A document without pairs gives nothing.
+    let need = match (s.per_context_strict, s.per_context) {
+        (true, Some(n)) => n,
+        _ => 1,
+    };
     let mut eligible: Vec<(u64, &narrativeqa::Document)> = split_docs
         .iter()
         .filter(|d| pairs_of(d).map_or(0, Vec::len) >= need)
@@ -329,7 +409,12 @@ fn qa(s: &Settings, location: &Location, ctx: &mut Context<'_>) -> Result<Sample
     let skipped = split_docs.len() - eligible.len();
     if skipped > 0 {
         ctx.log(format!(
-            "{skipped} documents skipped: fewer than {need} QA pairs"
+            "{skipped} documents skipped: fewer than {need} QA pairs{}",
+            if s.per_context_strict {
+                " (per_context_strict)"
+            } else {
+                ""
+            }
         ));
     }
     let n_docs = s.contexts.unwrap_or(eligible.len());
@@ -343,8 +428,25 @@ fn qa(s: &Settings, location: &Location, ctx: &mut Context<'_>) -> Result<Sample
         )));
     }
 
+    let chosen = &eligible[..n_docs];
+    if let Some(n) = s.per_context.filter(|_| !s.per_context_strict) {
+        let short = chosen
+            .iter()
+            .filter(|(_, d)| pairs_of(d).map_or(0, Vec::len) < n)
+            .count();
+        if short > 0 {
+            ctx.log(format!(
+                "{short} of {n_docs} documents have fewer than per_context = {n} QA pairs: \
+                 all of theirs are kept"
+            ));
+        }
+    }
+    let windows: Vec<narrativeqa::Window> = chosen
+        .iter()
+        .map(|(_, d)| narrativeqa::Window::of(&d.summary, s.context_chars))
+        .collect();
     let mut examples = Vec::new();
-    for (_, doc) in &eligible[..n_docs] {
+    for ((_, doc), window) in chosen.iter().zip(&windows) {
         let pairs = pairs_of(doc).map(Vec::as_slice).unwrap_or(&[]);
         let mut ranked: Vec<(u64, usize)> = (0..pairs.len())
             .map(|k| {
@@ -353,11 +455,11 @@ fn qa(s: &Settings, location: &Location, ctx: &mut Context<'_>) -> Result<Sample
             })
             .collect();
         ranked.sort_unstable();
-        let take = s.per_context.unwrap_or(pairs.len());
+        let take = s.per_context.unwrap_or(pairs.len()).min(pairs.len());
         examples.extend(
             ranked[..take]
                 .iter()
-                .map(|&(_, k)| narrativeqa::to_example(doc, k, &pairs[k])),
+                .map(|&(_, k)| narrativeqa::to_example_in(window, doc, k, &pairs[k])),
         );
     }
     if let Some(limit) = s.limit {
@@ -369,15 +471,29 @@ fn qa(s: &Settings, location: &Location, ctx: &mut Context<'_>) -> Result<Sample
         }
         examples.truncate(limit);
     }
-    let contexts = examples
+    let kept: std::collections::BTreeSet<&str> =
+        examples.iter().filter_map(|e| e.group.as_deref()).collect();
+    // Only documents `limit` left in the output.
+    let kept_windows: Vec<&narrativeqa::Window> = chosen
         .iter()
-        .filter_map(|e| e.group.as_deref())
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+        .zip(&windows)
+        .filter(|((_, d), _)| kept.contains(d.document_id.as_str()))
+        .map(|(_, w)| w)
+        .collect();
+    if let Some(max) = s.context_chars {
+        let cut = kept_windows.iter().filter(|w| w.cut).count();
+        ctx.log(format!(
+            "context window {max} characters: {cut} of {} summaries cut",
+            kept_windows.len()
+        ));
+    }
+    let windows = WindowStats::of(&kept_windows);
+    let contexts = kept.len();
     Ok(Sampled {
         examples,
         pool,
         contexts: Some(contexts),
+        windows: Some(windows),
         location: "mirror",
         split_mode: if official {
             "official"

@@ -114,6 +114,7 @@ fn qa_contexts_and_per_context() {
         ("dataset", "narrativeqa".into()),
         ("contexts", 5.into()),
         ("per_context", 20.into()),
+        ("per_context_strict", true.into()),
     ];
     let ran = source(&data, 3, &given);
     let examples = ran.data();
@@ -232,4 +233,159 @@ fn fingerprint_hashes_the_files_read() {
     let hub = flow_engine::Env::default();
     let err = Source.fingerprint(&qa, &hub, &Blake3Hasher).unwrap_err();
     assert!(err.to_string().contains("parquet"), "{err}");
+}
+
+/// QA pairs per document, counted straight from `qaps.jsonl`.
+fn direct_pair_counts(data: &Path) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(data.join("narrativeqa/qaps.jsonl")).unwrap();
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts
+            .entry(v["document_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+fn per_group(examples: &[Example]) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for e in examples {
+        *n.entry(e.group.clone().unwrap()).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn qa_per_context_is_up_to_n_and_strict_skips_short_documents() {
+    let Some(data) = data_dir() else { return };
+    let direct = direct_pair_counts(&data);
+    let qa = |extra: &[(&str, Value)]| {
+        let mut given = vec![("dataset", "narrativeqa".into())];
+        given.extend_from_slice(extra);
+        source(&data, 7, &given)
+    };
+    // The train split's documents: every pair of each.
+    let all = per_group(&qa(&[]).data());
+    assert!(all.iter().all(|(d, n)| direct[d] == *n));
+
+    let up_to = qa(&[("per_context", 30.into())]);
+    let got = per_group(&up_to.data());
+    // Every document of the split is kept, with min(its pairs, 30).
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        all.keys().collect::<Vec<_>>()
+    );
+    for (d, n) in &got {
+        assert_eq!(*n, direct[d].min(30), "document {d}");
+    }
+    let short = got.keys().filter(|d| direct[*d] < 30).count();
+    assert!(
+        short > 0,
+        "the shared copy has documents with fewer than 30 pairs"
+    );
+    assert_eq!(up_to.metric("contexts"), got.len());
+    assert!(up_to
+        .log
+        .iter()
+        .any(|l| l.contains("all of theirs are kept")));
+
+    let strict = qa(&[
+        ("per_context", 30.into()),
+        ("per_context_strict", true.into()),
+    ]);
+    let kept = per_group(&strict.data());
+    let expected: BTreeSet<&String> = all.keys().filter(|d| direct[*d] >= 30).collect();
+    assert_eq!(kept.keys().collect::<BTreeSet<_>>(), expected);
+    assert!(kept.values().all(|&n| n == 30));
+    assert_eq!(kept.len() + short, got.len());
+    assert!(strict.log.iter().any(|l| l.contains("per_context_strict")));
+    // The documents both keep get the same pairs.
+    let strict_ids = ids(&strict.data());
+    assert!(strict_ids.is_subset(&ids(&up_to.data())));
+}
+
+#[test]
+fn qa_context_window_is_a_sentence_prefix_recorded_in_the_data() {
+    let Some(data) = data_dir() else { return };
+    let base = [("dataset", "narrativeqa".into()), ("per_context", 3.into())];
+    let whole = source(&data, 7, &base);
+    let full: BTreeMap<String, String> = whole
+        .data()
+        .into_iter()
+        .map(|e| (e.id, e.context.unwrap()))
+        .collect();
+    assert_eq!(whole.num("context_cut_share"), 0.0);
+    let mut given = base.to_vec();
+    given.push(("context_chars", 1000.into()));
+    let ran = source(&data, 7, &given);
+    let examples = ran.data();
+    // Same pairs; only the contexts differ.
+    assert_eq!(ids(&examples), full.keys().cloned().collect());
+    let mut windows: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+    for e in &examples {
+        let (window, summary) = (e.context.as_deref().unwrap(), &full[&e.id]);
+        let chars = window.chars().count();
+        let cut = e.extra["context_cut"].as_bool().unwrap();
+        assert!(chars <= 1000, "{}: {chars} characters", e.id);
+        assert!(summary.starts_with(window), "{}", e.id);
+        assert_eq!(cut, window.len() < summary.len(), "{}", e.id);
+        assert_eq!(e.extra["context_chars_full"], summary.chars().count());
+        if cut {
+            // At a sentence end (closing quotes allowed), not mid-sentence.
+            let end = window.trim_end_matches(['"', '\'', '\u{201D}', '\u{2019}', ')', ']']);
+            assert!(
+                end.ends_with(['.', '!', '?']),
+                "{}: ...{}",
+                e.id,
+                &window[window.len().saturating_sub(40)..]
+            );
+            assert!(summary[window.len()..].starts_with(char::is_whitespace));
+            // Not much shorter than the budget: sentences are short (one
+            // real run-on, "...sin.The Picture...", is over 400 characters).
+            assert!(chars > 500, "{}: {chars}", e.id);
+        }
+        windows.insert(e.group.clone().unwrap(), (chars, cut));
+    }
+    let n = windows.len() as f64;
+    let cut_share = windows.values().filter(|w| w.1).count() as f64 / n;
+    let mean = windows.values().map(|w| w.0).sum::<usize>() as f64 / n;
+    assert!(
+        cut_share > 0.5,
+        "most summaries are longer than 1000 characters: {cut_share}"
+    );
+    assert_eq!(ran.num("context_cut_share"), cut_share);
+    assert!((ran.num("context_chars_mean") - mean).abs() < 1e-9);
+    assert!(ran.num("context_chars_full_mean") > mean);
+    assert!(ran.log.iter().any(|l| l.contains("summaries cut")));
+}
+
+#[test]
+fn qa_only_settings_and_strict_without_n_are_problems() {
+    let p = params(
+        &Source,
+        &[
+            ("dataset", "rocstories".into()),
+            ("context_chars", 500.into()),
+        ],
+    );
+    let problems = Source.check(&p);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].param, "context_chars");
+
+    let p = params(
+        &Source,
+        &[
+            ("dataset", "narrativeqa".into()),
+            ("per_context_strict", true.into()),
+        ],
+    );
+    let problems = Source.check(&p);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].param, "per_context_strict");
+    assert!(problems[0].message.contains("needs per_context"));
+    // The default (false) is no setting, for stories too.
+    assert!(Source
+        .check(&params(&Source, &[("dataset", "rocstories".into())]))
+        .is_empty());
 }

@@ -26,7 +26,7 @@ use serde_json::{Map, Value as Json};
 use crate::contracts::per_example;
 use crate::toolkit::params::str_list;
 use crate::toolkit::replicates::{self, Method};
-use crate::toolkit::text::csv_field;
+use crate::toolkit::text::CsvText;
 
 pub const CSV_FILE: &str = "table.csv";
 pub const JSON_FILE: &str = "table.json";
@@ -340,23 +340,15 @@ impl Grid {
     }
 
     pub fn to_csv(&self) -> String {
-        let mut out = String::new();
-        let header: Vec<String> = self.columns.iter().map(|c| csv_field(c)).collect();
-        out.push_str(&header.join(","));
-        out.push('\n');
+        let mut out = CsvText::new(&self.columns);
         for row in &self.rows {
-            let cells: Vec<String> = row
-                .iter()
-                .map(|v| match v {
-                    Json::Null => String::new(),
-                    Json::String(s) => csv_field(s),
-                    other => csv_field(&other.to_string()),
-                })
-                .collect();
-            out.push_str(&cells.join(","));
-            out.push('\n');
+            out.row(row.iter().map(|v| match v {
+                Json::Null => String::new(),
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            }));
         }
-        out
+        out.finish()
     }
 
     pub fn to_json(&self) -> Json {

@@ -7,10 +7,17 @@
 //! (the input masked out) unless `loss = "all"`. Examples are formatted as
 //! plain text, not a chat template (see `flow_train::data`).
 //!
+//! `max_steps` trains a fixed number of optimizer steps instead of `epochs`
+//! passes (cycling through the data, reshuffled each epoch): the control for
+//! variable-size mixes (Fig. 6, 7), whose larger mixes otherwise also train
+//! more steps, the paper's own explanation of their trend (App. D.2).
+//!
 //! Outputs: `adapter_config.json` + `adapter_model.safetensors` (PEFT's
 //! format, loadable with `PeftModel.from_pretrained`) and `train_loss.csv`
 //! (the training-loss curve, Fig. 14). Checkpoints go to the work folder
-//! every `checkpoint_every` steps, so a killed run resumes.
+//! every `checkpoint_every` steps, so a killed run resumes. Metrics include
+//! `steps`, `epochs_run` (steps over the steps of one epoch) and
+//! `truncated_share` (examples cut to `max_seq_len`).
 
 use flow_engine::{
     Context, Outcome, ParamProblem, ParamSpec, ParamType, Params, Stage, StageError, Threads, Value,
@@ -24,7 +31,7 @@ use crate::contracts::{adapter, dataset};
 use crate::toolkit::cores::thread_pool;
 use crate::toolkit::models::load_causal_lm;
 use crate::toolkit::params;
-use crate::toolkit::training::{self, encode_all, trainer_error, StageMonitor};
+use crate::toolkit::training::{self, encode_examples, trainer_error, StageMonitor};
 
 pub struct TrainLora;
 
@@ -124,9 +131,16 @@ impl Stage for TrainLora {
             ParamSpec::int("warmup_steps", "linear warm-up steps")
                 .min(0.0)
                 .default(0),
-            ParamSpec::int("epochs", "passes over the data")
+            ParamSpec::int("epochs", "passes over the data (unless `max_steps` is set)")
                 .min(1.0)
                 .default(3),
+            ParamSpec::int(
+                "max_steps",
+                "train exactly this many optimizer steps, cycling through the data in \
+                 reshuffled epochs (the last one partial), instead of `epochs` passes: the same \
+                 budget for data sets of different sizes",
+            )
+            .min(1.0),
             ParamSpec::int("batch_size", "examples per micro-batch")
                 .min(1.0)
                 .default(8),
@@ -197,16 +211,22 @@ impl Stage for TrainLora {
         let pool = thread_pool(ctx.threads)?;
         let device = flow_train::device();
         let loaded = load_causal_lm(ctx, &model_name, &device)?;
-        let seqs = encode_all(&loaded.tokenizer, &examples, loss, max_len)?;
+        let encoded = encode_examples(&loaded.tokenizer, &examples, loss, max_len)?;
+        let truncated_share = training::truncated_share(ctx, &encoded, max_len);
+        let seqs = training::seqs(encoded);
         let targets = loaded.model.targets();
         let lora = flow_train::lora::Lora::init(&targets, &cfg.lora, cfg.seed, &device)
             .map_err(|e| StageError::invalid(format!("lora.target_modules: {e:#}")))?;
-        let total = cfg.steps_per_epoch(seqs.len()) * cfg.epochs;
+        let total = cfg.total_steps(seqs.len());
+        let epochs_run = total as f64 / cfg.steps_per_epoch(seqs.len()) as f64;
+        let budget = match cfg.max_steps {
+            Some(n) => format!("max_steps = {n} ({epochs_run:.2} epochs)"),
+            None => format!("{} epochs", cfg.epochs),
+        };
         ctx.log(format!(
-            "{} examples, {} epochs, {total} optimizer steps; {} model; LoRA r={} alpha={} on \
+            "{} examples, {budget}, {total} optimizer steps; {} model; LoRA r={} alpha={} on \
              {} ({} trainable parameters); device {:?}",
             seqs.len(),
-            cfg.epochs,
             targets.arch,
             cfg.lora.rank,
             cfg.lora.alpha,
@@ -255,7 +275,9 @@ impl Stage for TrainLora {
             .metric("train_loss", final_loss)
             .metric(loss_curve::METRIC, loss_curve::to_metric(&report.losses))
             .metric("steps", report.steps as u64)
+            .metric("epochs_run", epochs_run)
             .metric("examples", seqs.len() as u64)
+            .metric("truncated_share", truncated_share)
             .metric("tokens", report.tokens as u64)
             .metric("tokens_per_s", report.tokens_per_s())
             .metric("trainable_params", lora.num_params() as u64)
@@ -308,6 +330,7 @@ fn train_config(p: &Params, seed: u64) -> Result<TrainConfig, StageError> {
         },
         warmup_steps: count("warmup_steps")?,
         epochs: count("epochs")?,
+        max_steps: params::opt_count(p, "max_steps")?,
         batch_size: count("batch_size")?,
         grad_accum: count("grad_accum")?,
         seed,

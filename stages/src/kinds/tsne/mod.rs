@@ -21,7 +21,6 @@
 //! of its points to their centroid, in the embedding space and on the map:
 //! the "cluster size" the paper reads off Fig. 4).
 
-use std::fmt::Write as _;
 
 use flow_engine::{Context, Outcome, ParamSpec, Params, Stage, StageError, Threads, Upstream};
 use rayon::prelude::*;
@@ -31,7 +30,7 @@ use crate::contracts::points::{self, POINTS_FILE};
 use crate::toolkit::cores::thread_pool;
 use crate::toolkit::params;
 use crate::toolkit::seeds::{self, normal};
-use crate::toolkit::text::csv_field as csv;
+use crate::toolkit::text::CsvText;
 
 /// Per series: points and spreads (not read by other stages).
 pub const SERIES_FILE: &str = "series.csv";
@@ -140,8 +139,14 @@ impl Stage for Tsne {
             fit.kl
         ));
 
-        let mut points_csv = String::from(points::HEADER);
-        let mut series = String::from("series,instance,points,spread_embedding,spread_map\n");
+        let mut points_csv = points::new();
+        let mut series = CsvText::new([
+            "series",
+            "instance",
+            "points",
+            "spread_embedding",
+            "spread_map",
+        ]);
         let mut at = 0;
         for (s, label) in sets.iter().zip(&labels) {
             for (i, row) in s.rows.iter().enumerate() {
@@ -152,20 +157,21 @@ impl Stage for Tsne {
                 .iter()
                 .map(|&v| v as f32)
                 .collect();
-            let _ = writeln!(
-                series,
-                "{},{},{},{:.6},{:.6}",
-                csv(label),
-                csv(&s.instance),
-                s.rows.len(),
-                spread(&s.data, dim),
-                spread(&map, 2) / fit.scale.max(1e-12)
-            );
+            series.row([
+                label.clone(),
+                s.instance.clone(),
+                s.rows.len().to_string(),
+                format!("{:.6}", spread(&s.data, dim)),
+                format!("{:.6}", spread(&map, 2) / fit.scale.max(1e-12)),
+            ]);
             at += s.rows.len();
         }
         let points_path = ctx.out_path(POINTS_FILE);
         let series_path = ctx.out_path(SERIES_FILE);
-        for (path, text) in [(&points_path, &points_csv), (&series_path, &series)] {
+        for (path, text) in [
+            (&points_path, points_csv.finish()),
+            (&series_path, series.finish()),
+        ] {
             std::fs::write(path, text)
                 .map_err(|e| StageError::io(format!("write {}", path.display()), e))?;
         }

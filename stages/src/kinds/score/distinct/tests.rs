@@ -1,10 +1,10 @@
 use std::collections::{BTreeMap, HashSet};
 
-use super::{distinct, distinct_groups, NgramCount};
+use super::{distinct, distinct_concat, distinct_groups, NgramCount};
 use crate::contracts::dataset::Example;
 use crate::kinds::score::tokenize::{Corpus, Tokenizer};
-use crate::toolkit::corpora::{narrativeqa, rocstories};
 use crate::testutil::data_dir;
+use crate::toolkit::corpora::{narrativeqa, rocstories};
 
 /// The obvious implementation: tokens as Strings, n-grams as Vec<String>
 /// in a HashSet, n-grams within each example's input + target.
@@ -34,6 +34,27 @@ fn reference(texts: &[(String, String)], tok: Tokenizer, n: usize) -> NgramCount
         unique: seen.len() as u64,
         total,
     }
+}
+
+/// The obvious Eq. 4: every token of every example in order, one stream.
+fn reference_concat(texts: &[(String, String)], tok: Tokenizer, n: usize) -> NgramCount {
+    let mut stream = Vec::new();
+    for (input, target) in texts {
+        for text in [input, target] {
+            tok.for_each(text, |t| stream.push(t.to_string()));
+        }
+    }
+    let seen: HashSet<&[String]> = stream.windows(n).collect();
+    NgramCount {
+        unique: seen.len() as u64,
+        total: stream.windows(n).count() as u64,
+    }
+}
+
+fn concat(texts: &[(String, String)], tok: Tokenizer, n: usize) -> NgramCount {
+    let corpus = Corpus::build(texts, |t| [&t.0, &t.1], tok);
+    let all: Vec<usize> = (0..corpus.len()).collect();
+    distinct_concat(&corpus, &all, n)
 }
 
 fn fast(texts: &[(String, String)], tok: Tokenizer, n: usize) -> NgramCount {
@@ -100,6 +121,53 @@ fn hand_computed_values() {
 }
 
 #[test]
+fn concat_counts_the_ngrams_across_examples() {
+    // Eq. 4 literally: "a b c a b c" has 5 bigrams (a-b, b-c, c-a, a-b, b-c),
+    // 3 unique; per example, "a b c" twice gives 2 unique of 4.
+    let texts = pairs(&[("a b", "c"), ("a b", "c")]);
+    let per_example = fast(&texts, Tokenizer::Whitespace, 2);
+    assert_eq!((per_example.unique, per_example.total), (2, 4));
+    let c = concat(&texts, Tokenizer::Whitespace, 2);
+    assert_eq!(
+        c,
+        NgramCount {
+            unique: 3,
+            total: 5
+        }
+    );
+    assert_eq!(c.value(), 0.6);
+    // The hand-computed set above: 12 tokens in one stream, 11 bigrams; the
+    // one across the boundary ("sat. a") is new: 9 unique.
+    let texts = pairs(&[
+        ("The cat sat on the mat", "the cat sat."),
+        ("A cat", "sat."),
+    ]);
+    assert_eq!(
+        concat(&texts, Tokenizer::Whitespace, 2),
+        NgramCount {
+            unique: 9,
+            total: 11
+        }
+    );
+    // An example shorter than n still feeds the stream: 5-grams 8, all unique
+    // (per example only 5: the 3-token example has none).
+    assert_eq!(
+        concat(&texts, Tokenizer::Whitespace, 5),
+        NgramCount {
+            unique: 8,
+            total: 8
+        }
+    );
+    // Repeated text: "a..f a..f" has 8 five-grams, 6 unique (per example 2 of 4).
+    let texts = pairs(&[("a b c d e f", ""), ("A B C D E F", "")]);
+    assert_eq!(concat(&texts, Tokenizer::Whitespace, 5).value(), 0.75);
+    assert_eq!(fast(&texts, Tokenizer::Whitespace, 5).value(), 0.5);
+    // Nothing long enough: 0, not NaN.
+    assert_eq!(concat(&texts, Tokenizer::Whitespace, 13).value(), 0.0);
+    assert_eq!(concat(&[], Tokenizer::Whitespace, 1).value(), 0.0);
+}
+
+#[test]
 fn repeated_text_halves_distinct() {
     let texts = pairs(&[("a b c d e f", ""), ("A B C D E F", "")]);
     // 2 x 2 five-grams, 2 unique.
@@ -122,6 +190,11 @@ fn every_key_width_matches_the_reference() {
     for n in [1, 2, 5, 21, 30, 42, 43, 45, 59] {
         for tok in [Tokenizer::Whitespace, Tokenizer::Words] {
             assert_eq!(fast(&texts, tok, n), reference(&texts, tok, n), "n = {n}");
+            assert_eq!(
+                concat(&texts, tok, n),
+                reference_concat(&texts, tok, n),
+                "n = {n}"
+            );
         }
     }
 }
@@ -164,6 +237,11 @@ fn real_stories_match_the_reference_exactly() {
         let (got, want) = (fast(&texts, tok, 5), reference(&texts, tok, 5));
         assert_eq!(got, want, "{tok:?}");
         assert_eq!(got.value(), want.value());
+        let (got_c, want_c) = (concat(&texts, tok, 5), reference_concat(&texts, tok, 5));
+        assert_eq!(got_c, want_c, "{tok:?}");
+        // One stream adds 4 five-grams per boundary, nearly all new.
+        assert_eq!(got_c.total, got.total + 4 * (texts.len() as u64 - 1));
+        assert!(got_c.value() > got.value());
     }
     // Other key widths on a subset (u64 keys for n = 2, slices for n = 12).
     let subset = &texts[..3000];
