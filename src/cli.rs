@@ -84,7 +84,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "STAGE")]
     pub force: Vec<String>,
     /// Print what would run, and why, without running it
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Cores to use at once (default: all)
     #[arg(long, short)]
@@ -123,7 +123,7 @@ pub struct ShowArgs {
 #[derive(Args, Debug)]
 pub struct GcArgs {
     /// Report what would be deleted without deleting
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Leave unreachable entries that changed less than this many seconds ago: on a cache
     /// shared by several machines, a job elsewhere may be writing them (0: no grace)

@@ -54,6 +54,15 @@ fn expect_exact_rerun(
         *expected,
         "{context}: `flow run --dry-run` plans another set"
     );
+    // `-n` is `--dry-run`, as in make and git.
+    let m = p.manifest().to_string_lossy().into_owned();
+    let long = p.flow(&["run", &m, "--dry-run", "--no-progress"]);
+    let short = p.flow(&["run", &m, "-n", "--no-progress"]);
+    assert_eq!(
+        (short.code, &short.stdout),
+        (long.code, &long.stdout),
+        "{context}"
+    );
     // A dry run runs nothing.
     assert_eq!(names_where(&p.status(), "stale"), *expected, "{context}");
 
