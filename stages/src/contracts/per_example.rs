@@ -19,12 +19,11 @@
 //! by `eval_loss`, read by `table`, `plot` and `findings` (bootstrap
 //! intervals over the test examples where there is one seed).
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use flow_engine::{StageError, Upstream};
 
-use crate::toolkit::text::csv_field;
+use crate::toolkit::text::CsvText;
 
 pub const PER_EXAMPLE_FILE: &str = "per_example.csv";
 
@@ -73,19 +72,15 @@ pub struct WithEnd {
 /// Writes `rows` as a `per_example.csv` of the [`SHORT_HEADER`] columns
 /// (no `_with_end` columns; `eval_loss` writes them with [`write_with_end`]).
 pub fn write(path: &Path, rows: &[ExampleLoss]) -> Result<(), StageError> {
-    let mut out = String::with_capacity(32 * rows.len() + 16);
-    out.push_str(SHORT_HEADER);
-    out.push('\n');
+    let mut out = CsvText::new(SHORT_HEADER.split(','));
     for r in rows {
-        let _ = writeln!(
-            out,
-            "{},{},{}",
-            csv_field(&r.id),
+        out.row([
+            r.id.clone(),
             loss_cell(r.loss, r.tokens),
-            r.tokens
-        );
+            r.tokens.to_string(),
+        ]);
     }
-    save(path, out)
+    save(path, out.finish())
 }
 
 /// Writes `rows` and, for each, its loss with the end token (`with_end`, in
@@ -103,21 +98,17 @@ pub fn write_with_end(
             path.display()
         )));
     }
-    let mut out = String::with_capacity(48 * rows.len() + 48);
-    out.push_str(HEADER);
-    out.push('\n');
+    let mut out = CsvText::new(HEADER.split(','));
     for (r, w) in rows.iter().zip(with_end) {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{}",
-            csv_field(&r.id),
+        out.row([
+            r.id.clone(),
             loss_cell(r.loss, r.tokens),
-            r.tokens,
+            r.tokens.to_string(),
             loss_cell(w.loss, w.tokens),
-            w.tokens
-        );
+            w.tokens.to_string(),
+        ]);
     }
-    save(path, out)
+    save(path, out.finish())
 }
 
 /// A loss as its shortest text that reads back as the same f64; empty where
@@ -158,12 +149,20 @@ pub fn read_with_end(path: &Path) -> Result<Option<Vec<ExampleLoss>>, StageError
 
 /// Every row, and the `_with_end` columns where the file has them.
 pub fn read_both(path: &Path) -> Result<(Vec<ExampleLoss>, Option<Vec<WithEnd>>), StageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StageError::io(format!("read {}", path.display()), e))?;
-    let mut lines = text.lines().enumerate();
-    let full = match lines.next().map(|(_, h)| h.trim_end()) {
-        Some(HEADER) => true,
-        Some(SHORT_HEADER) => false,
+    let unreadable = |e: csv::Error| StageError::invalid(format!("{}: {e}", path.display()));
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(unreadable)?;
+    let found: Vec<String> = reader
+        .headers()
+        .map_err(unreadable)?
+        .iter()
+        .map(|h| h.trim_end().to_string())
+        .collect();
+    let full = match found.join(",").as_str() {
+        HEADER => true,
+        SHORT_HEADER => false,
         _ => {
             return Err(StageError::invalid(format!(
                 "{}: expected the header `{HEADER}` (or, from before the end-token columns, \
@@ -173,32 +172,30 @@ pub fn read_both(path: &Path) -> Result<(Vec<ExampleLoss>, Option<Vec<WithEnd>>)
         }
     };
     let header = if full { HEADER } else { SHORT_HEADER };
-    let numbers = if full { 4 } else { 2 };
+    let width = header.split(',').count();
     let mut rows = Vec::new();
     let mut with_end = Vec::new();
-    for (n, line) in lines {
-        let bad =
-            || StageError::invalid(format!("{}:{}: expected `{header}`", path.display(), n + 1));
-        // The id may hold commas (quoted); the numbers do not.
-        let mut cells: Vec<&str> = line.rsplitn(numbers + 1, ',').collect();
-        if cells.len() != numbers + 1 {
+    for record in reader.records() {
+        let record = record.map_err(unreadable)?;
+        let line = record.position().map_or(0, |p| p.line());
+        let bad = || StageError::invalid(format!("{}:{line}: expected `{header}`", path.display()));
+        if record.len() != width {
             return Err(bad());
         }
-        cells.reverse();
-        let tokens = |c: &str| c.trim().parse::<usize>().map_err(|_| bad());
-        let loss = |c: &str| match c.trim() {
+        let tokens = |i: usize| record[i].trim().parse::<usize>().map_err(|_| bad());
+        let loss = |i: usize| match record[i].trim() {
             "" => Ok(f64::NAN),
             l => l.parse::<f64>().map_err(|_| bad()),
         };
         rows.push(ExampleLoss {
-            id: unquote(cells[0]).ok_or_else(bad)?,
-            loss: loss(cells[1])?,
-            tokens: tokens(cells[2])?,
+            id: record[0].to_string(),
+            loss: loss(1)?,
+            tokens: tokens(2)?,
         });
         if full {
             with_end.push(WithEnd {
-                loss: loss(cells[3])?,
-                tokens: tokens(cells[4])?,
+                loss: loss(3)?,
+                tokens: tokens(4)?,
             });
         }
     }
@@ -230,15 +227,6 @@ pub fn read_upstream_for(
         WITH_END_METRIC | EXP_WITH_END_METRIC => read_with_end(path),
         _ => Ok(None),
     }
-}
-
-/// One CSV field, unquoted (RFC 4180 quotes).
-fn unquote(field: &str) -> Option<String> {
-    let Some(inner) = field.strip_prefix('"') else {
-        return Some(field.to_string());
-    };
-    let inner = inner.strip_suffix('"')?;
-    Some(inner.replace("\"\"", "\""))
 }
 
 /// The token-weighted mean loss of `rows`: what the stage reports as

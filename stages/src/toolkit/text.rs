@@ -90,15 +90,6 @@ impl CsvText {
     }
 }
 
-/// RFC 4180 quoting: a field with a comma, quote or line break is quoted.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,8 +121,12 @@ mod tests {
 
     #[test]
     fn csv_fields_are_quoted_when_they_need_it() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), r#""say ""hi""""#);
+        let mut t = CsvText::new(["a", "b"]);
+        t.row(["plain", "a,b"]);
+        t.row(["say \"hi\"", "line\r\nbreak"]);
+        assert_eq!(
+            t.finish(),
+            "a,b\nplain,\"a,b\"\n\"say \"\"hi\"\"\",\"line\r\nbreak\"\n"
+        );
     }
 }
