@@ -398,10 +398,27 @@ fn lines<DB: DrawingBackend>(
         drawn.extend(r.series.iter().map(|s| scaled(s, yr)));
         drawn.extend(scaled_bars(&r.series, yr));
     }
-    let (mut corner, covered) = emptiest_corner(&drawn);
+    // The legend's box, as shares of the plot: one row per entry, as wide as the
+    // longest label (DejaVu Sans at 13 px: about 7.5 px a character, plus the sample).
+    let labels: Vec<&str> = series
+        .iter()
+        .map(|s| s.label.as_str())
+        .chain(references.iter().map(|r| r.label.as_str()))
+        .chain(
+            right
+                .iter()
+                .flat_map(|r| r.series.iter().map(|s| s.label.as_str())),
+        )
+        .collect();
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let legend_w = ((longest as f64 * 7.5 + 50.0) / PLOT_PX.0).clamp(0.25, 0.9);
+    let legend_h = ((labels.len() as f64 * 20.0 + 14.0) / PLOT_PX.1).clamp(0.1, 0.85);
+    let (mut corner, covered) = emptiest_corner(&drawn, legend_w, legend_h);
     if covered > 0 {
-        // Every corner has something drawn in it: make room above the data.
-        let headroom = |r: &mut Range<f64>| r.end += HEADROOM * (r.end - r.start);
+        // Every corner has something drawn in it: make room above the data, as tall as
+        // the legend.
+        let share = (legend_h / (1.0 - legend_h)).max(HEADROOM);
+        let headroom = |r: &mut Range<f64>| r.end += share * (r.end - r.start);
         headroom(&mut y_range);
         right_range.iter_mut().for_each(headroom);
         corner = SeriesLabelPosition::UpperRight;
@@ -479,21 +496,22 @@ fn lines<DB: DrawingBackend>(
 }
 
 /// Extra height, as a share of the data's, above the data when no corner
-/// is free for the legend.
+/// is free for the legend (at least; a taller legend gets more).
 const HEADROOM: f64 = 0.45;
+
+/// About the pixel size of a panel's plotting area (the panel less its caption and
+/// axis label areas), for sizing the legend's box.
+const PLOT_PX: (f64, f64) = (500.0, 380.0);
 
 /// The corner of the plot (unit coordinates) where a legend box would
 /// cover the least of the drawing, and how many samples it would cover:
 /// `lines` are sampled along their segments, so a line crossing a corner
 /// counts as well as its markers. The upper right on a tie.
-fn emptiest_corner(lines: &[Vec<(f64, f64)>]) -> (SeriesLabelPosition, usize) {
-    // About the box a two- or three-entry legend takes.
-    const W: f64 = 0.4;
-    const H: f64 = 0.25;
+fn emptiest_corner(lines: &[Vec<(f64, f64)>], w: f64, h: f64) -> (SeriesLabelPosition, usize) {
     let mut counts = [0usize; 4];
     let mut count = |(x, y): (f64, f64)| {
-        let (left, right) = (x < W, x > 1.0 - W);
-        let (lower, upper) = (y < H, y > 1.0 - H);
+        let (left, right) = (x < w, x > 1.0 - w);
+        let (lower, upper) = (y < h, y > 1.0 - h);
         for (i, inside) in [
             (3, right && upper),
             (2, left && upper),
@@ -732,11 +750,21 @@ fn scatter<DB: DrawingBackend>(
 mod tests {
     use super::*;
 
+    /// A long legend's box reaches further into the plot, so it covers what a short
+    /// one's would not.
+    #[test]
+    fn a_taller_legend_covers_more() {
+        let point = vec![vec![(0.55, 0.5)]];
+        assert_eq!(emptiest_corner(&point, 0.4, 0.25).1, 0);
+        assert_eq!(emptiest_corner(&point, 0.9, 0.85).1, 1);
+    }
+
     #[test]
     fn the_legend_goes_where_the_least_is_drawn() {
         let pos = |lines: &[&[(f64, f64)]]| {
             let lines: Vec<Vec<(f64, f64)>> = lines.iter().map(|l| l.to_vec()).collect();
-            let (corner, covered) = emptiest_corner(&lines);
+            // The box of a two- or three-entry legend.
+            let (corner, covered) = emptiest_corner(&lines, 0.4, 0.25);
             format!("{corner:?} {covered}")
         };
         // A line falling from the upper left: the upper right is empty.

@@ -57,7 +57,10 @@ impl Stage for Plot {
         // series (dashes, markers). 6: lines average instances that differ
         // only in `seed`, with 95% intervals as error bars (reference
         // lines: bands) and a footer; figure.csv gains ci_low, ci_high.
-        6
+        // 7: the PNG is the SVG rasterized at 2x; ordered levels in a
+        // sequential scale; whole-number ticks; axis labels in their
+        // series' colour; the legend's box sized by its entries.
+        7
     }
 
     fn about(&self) -> &'static str {
