@@ -157,8 +157,9 @@ fn check_is_cache_or_empty(root: &Path) -> Result<(), CacheError> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     // Only the temporary VERSION of a cache another process is creating right now: it
-    // writes VERSION before anything else, so nothing else can be there yet.
-    if names.iter().all(|n| n.starts_with(VERSION_TMP_PREFIX)) {
+    // writes VERSION before anything else, so nothing else can be there yet. VERSION
+    // itself may have landed between the check above and the listing.
+    if names.iter().all(|n| n.starts_with(VERSION_TMP_PREFIX)) || root.join("VERSION").is_file() {
         return Ok(());
     }
     names.sort();

@@ -66,6 +66,13 @@ pub fn publish(
     done: &BTreeMap<usize, &Record>,
 ) -> Result<Vec<PathBuf>, PublishError> {
     let root = session.results_dir();
+    // Runs publishing into one folder take turns (a key lock named after the folder):
+    // each reads the ledger, writes its files and writes the ledger back before the
+    // next reads it. Without the turn, a run holding a stale ledger took a file another
+    // run had just published for a user's and refused to overwrite it. Where locks do
+    // not work, the merge below still keeps every run's entries.
+    let turn = blake3::hash(format!("publish\0{}", root.display()).as_bytes()).to_hex();
+    let _turn = session.cache.lock_key(turn.as_str()).ok();
     remove_leftovers(&root);
     let ledger_path = root.join(LEDGER);
     let mut ledger: Ledger = std::fs::read(&ledger_path)
