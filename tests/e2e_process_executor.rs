@@ -5,20 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::Project;
-use flow_cache::Record;
-
-fn records(p: &Project) -> BTreeMap<String, Record> {
-    p.records()
-        .values()
-        .map(|f| {
-            let r = f.record();
-            (r.instance.clone(), r)
-        })
-        .collect()
-}
 
 #[test]
 fn two_trainings_at_once_each_see_their_own_gpu() {
@@ -56,7 +43,7 @@ max_seq_len = 32
     );
     let run = p.run_ok(&["-j", "2", "--executor", "process", "--gpus", "0,1"]);
     assert_eq!(run.ran, 3, "{}", run.out.show());
-    let recs = records(&p);
+    let recs = p.records_by_instance();
     assert_eq!(
         recs["stories"].executor, None,
         "a light stage stays in the run"

@@ -156,17 +156,6 @@ fn slurm_args(site: &str) -> Vec<&str> {
     vec!["-j", "2", "--executor", "slurm", "--executor-config", site]
 }
 
-/// Instance -> record, for every record in the cache.
-fn records(p: &Project) -> BTreeMap<String, Record> {
-    p.records()
-        .values()
-        .map(|f| {
-            let r = f.record();
-            (r.instance.clone(), r)
-        })
-        .collect()
-}
-
 /// The job logs of every run in the project's cache (`<cache>/jobs/<run>/*.log`).
 fn job_logs(p: &Project) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -262,7 +251,7 @@ fn a_slurm_run_gives_the_local_keys_and_outputs_through_real_jobs() {
     };
     assert_eq!(published(&p), published(&local), "published results differ");
 
-    let recs = records(&p);
+    let recs = p.records_by_instance();
     for name in ["stories_train", "stories_test", "train", "eval_tuned"] {
         assert_ran_through_slurm(&recs[name]);
     }
@@ -389,7 +378,10 @@ fn scancel_mid_training_fails_with_the_job_id_and_the_rerun_resumes() {
 
     let rerun = p.run_ok(&slurm_args(&site));
     assert!(rerun.ran_names.contains("train"), "{}", rerun.out.show());
-    let train = records(&p).remove("train").expect("train's record");
+    let train = p
+        .records_by_instance()
+        .remove("train")
+        .expect("train's record");
     assert_ran_through_slurm(&train);
     assert_ne!(train.executor.as_ref().unwrap().job_id, job);
     let resumed = train
@@ -449,7 +441,7 @@ from = "score"
     // One job per delegated instance, each in the record of its instance.
     let logs = job_logs(&p);
     assert_eq!(logs.len(), 8, "{logs:?}");
-    let recs = records(&p);
+    let recs = p.records_by_instance();
     let mut jobs: BTreeSet<String> = logs.iter().map(|l| job_id_of(l)).collect();
     for (name, r) in &recs {
         if name == "table" {

@@ -430,6 +430,19 @@ fn record_refs(
     }
 }
 
+/// Records `inst`'s finished key in the refs (and drops it from `running`), so gc keeps
+/// it even if the run dies later; a failure is only logged: the record is in the cache.
+fn root_in_refs(session: &Session<'_>, inst: &crate::plan::Instance, key: &str) {
+    let rooted = session.cache.update_refs(&session.scope, |refs| {
+        set_scope(session, refs);
+        refs.instances.insert(inst.name.clone(), key.to_string());
+        refs.running.remove(&inst.name);
+    });
+    if let Err(e) = rooted {
+        tracing::warn!("rooting {} in the refs: {e}", inst.name);
+    }
+}
+
 /// Names the manifest and profile in refs: gc keeps refs whose manifest exists.
 fn set_scope(session: &Session<'_>, refs: &mut flow_cache::Refs) {
     refs.manifest =
@@ -584,14 +597,7 @@ fn delegate(work: &Work<'_, '_>, keyed: &Keyed, executor: &dyn Executor) -> Fini
     if let Err(e) = &outcome {
         tracing::warn!("{e}; its record is in the cache all the same");
     }
-    let rooted = session.cache.update_refs(&session.scope, |refs| {
-        set_scope(session, refs);
-        refs.instances.insert(inst.name.clone(), keyed.key.clone());
-        refs.running.remove(&inst.name);
-    });
-    if let Err(e) = rooted {
-        tracing::warn!("rooting {} in the refs: {e}", inst.name);
-    }
+    root_in_refs(session, inst, &keyed.key);
     Finished::Ran(record)
 }
 
@@ -759,14 +765,7 @@ pub(crate) fn compute(
         return failure(format!("writing the stage record: {e}"));
     }
     // Rooted at once: what a run finished survives gc even if the run dies later.
-    let rooted = session.cache.update_refs(&session.scope, |refs| {
-        set_scope(session, refs);
-        refs.instances.insert(inst.name.clone(), keyed.key.clone());
-        refs.running.remove(&inst.name);
-    });
-    if let Err(e) = rooted {
-        tracing::warn!("rooting {} in the refs: {e}", inst.name);
-    }
+    root_in_refs(session, inst, &keyed.key);
     let _ = session.cache.clear_failure(&keyed.key);
     let _ = session.cache.remove_work_dir(&keyed.key);
     Finished::Ran(Box::new(record))

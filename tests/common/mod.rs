@@ -265,6 +265,17 @@ impl Project {
         Cache::open(&self.cache_dir()).expect("open the cache")
     }
 
+    /// Instance -> its record, for every record in the cache.
+    pub fn records_by_instance(&self) -> BTreeMap<String, flow_cache::Record> {
+        self.records()
+            .values()
+            .map(|f| {
+                let r = f.record();
+                (r.instance.clone(), r)
+            })
+            .collect()
+    }
+
     /// Key -> what the record file holds and when it was written.
     pub fn records(&self) -> BTreeMap<String, RecordFile> {
         let mut out = BTreeMap::new();

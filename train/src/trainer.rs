@@ -390,24 +390,12 @@ pub fn eval_sum(
     pad: u32,
     monitor: &dyn Monitor,
 ) -> Result<(f64, usize)> {
-    // Sorting by length keeps padding small; the sum does not depend on order.
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| seqs[i].0.len());
-    let mut sum = 0.0;
-    let mut count = 0;
-    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        if monitor.stop() {
-            return Err(Stopped.into());
-        }
-        let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let batch = Batch::new(&items, pad, model.device())?;
-        if batch.n_labels > 0 {
-            sum += scalar(&model.loss_sum(&batch, lora, None)?.detach())?;
-            count += batch.n_labels;
-        }
-        monitor.step(i + 1, chunks.len(), 0.0, 0.0);
-    }
+    let (mut sum, mut count) = (0.0, 0);
+    for_each_batch(model, seqs, batch_size, pad, monitor, |_, _, batch| {
+        sum += scalar(&model.loss_sum(batch, lora, None)?.detach())?;
+        count += batch.n_labels;
+        Ok(())
+    })?;
     Ok((sum, count))
 }
 
@@ -424,21 +412,18 @@ pub fn token_losses(
     pad: u32,
     monitor: &dyn Monitor,
 ) -> Result<Vec<Vec<f64>>> {
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| seqs[i].0.len());
     let mut out = vec![Vec::new(); seqs.len()];
-    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
-    for (step, chunk) in chunks.iter().enumerate() {
-        if monitor.stop() {
-            return Err(Stopped.into());
-        }
-        let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let batch = Batch::new(&items, pad, model.device())?;
-        if batch.n_labels > 0 {
-            let losses = batch_token_losses(model, lora, &batch)?;
+    for_each_batch(
+        model,
+        seqs,
+        batch_size,
+        pad,
+        monitor,
+        |chunk, items, batch| {
+            let losses = batch_token_losses(model, lora, batch)?;
             // Batch::new lists the scored positions example by example.
             let mut at = 0;
-            for (&i, (toks, target)) in chunk.iter().zip(&items) {
+            for (&i, (toks, target)) in chunk.iter().zip(items) {
                 let n = (1..toks.len()).filter(|&j| target[j]).count();
                 let Some(mine) = losses.get(at..at + n) else {
                     invalid!(
@@ -455,10 +440,38 @@ pub fn token_losses(
                     losses.len()
                 );
             }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// Runs `each(indexes, items, batch)` over `seqs` in batches of `batch_size`, sorted by
+/// length (padding stays small; callers' results do not depend on the order), skipping
+/// batches with nothing scored; `monitor` sees one step a batch and can stop it.
+fn for_each_batch(
+    model: &dyn CausalLm,
+    seqs: &[(Vec<u32>, Vec<bool>)],
+    batch_size: usize,
+    pad: u32,
+    monitor: &dyn Monitor,
+    mut each: impl FnMut(&[usize], &[(Vec<u32>, Vec<bool>)], &Batch) -> Result<()>,
+) -> Result<()> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].0.len());
+    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    for (step, chunk) in chunks.iter().enumerate() {
+        if monitor.stop() {
+            return Err(Stopped.into());
+        }
+        let items: Vec<(Vec<u32>, Vec<bool>)> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+        let batch = Batch::new(&items, pad, model.device())?;
+        if batch.n_labels > 0 {
+            each(chunk, &items, &batch)?;
         }
         monitor.step(step + 1, chunks.len(), 0.0, 0.0);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The cross-entropy of every scored token of a batch, in the batch's order
